@@ -1,0 +1,169 @@
+"""Writing and verifying the audit chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.utils import timezone
+
+from backend.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
+
+CHAIN = "main"
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Where an action came from: filled in by the edge (view or consumer)."""
+
+    ip: str | None = None
+    user_agent: str = ""
+
+    @classmethod
+    def from_request(cls, request: Any) -> RequestMeta:
+        meta = getattr(request, "META", {})
+        return cls(
+            ip=meta.get("REMOTE_ADDR") or None, user_agent=meta.get("HTTP_USER_AGENT", "")[:300]
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through Django's encoder so UUIDs, dates and Decimals hash stably."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def _canonical_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def event_hash(event: AuditEvent) -> str:
+    body = {
+        "seq": event.seq,
+        "prev_hash": event.prev_hash,
+        "occurred_at": _canonical_time(event.occurred_at),
+        "actor_id": event.actor_id,
+        "actor_repr": event.actor_repr,
+        "actor_role": event.actor_role,
+        "action": event.action,
+        "object_type": event.object_type,
+        "object_id": event.object_id,
+        "before": event.before,
+        "after": event.after,
+        "ip": event.ip,
+        "user_agent": event.user_agent,
+    }
+    return hashlib.sha256(event.prev_hash.encode() + rfc8785.dumps(body)).hexdigest()
+
+
+def audit_record(
+    *,
+    action: str,
+    actor: Any = None,
+    object_type: str = "",
+    object_id: Any = "",
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    meta: RequestMeta | None = None,
+) -> AuditEvent:
+    """Append one event to the chain, inside the caller's transaction.
+
+    ``actor`` is an account (or None for the system). Call it last in a service, so that
+    the chain head's row lock is held for as short a time as possible.
+    """
+    meta = meta or RequestMeta()
+    with transaction.atomic():
+        head, _ = AuditChainHead.objects.get_or_create(name=CHAIN)
+        head = AuditChainHead.objects.select_for_update().get(name=CHAIN)
+        event = AuditEvent(
+            seq=head.last_seq + 1,
+            occurred_at=timezone.now(),
+            actor_id=str(actor.pk) if actor is not None else "",
+            actor_repr=(str(actor)[:200] if actor is not None else "system"),
+            actor_role=getattr(actor, "role", "") if actor is not None else "system",
+            action=action,
+            object_type=object_type,
+            object_id=str(object_id),
+            before=_jsonable(before),
+            after=_jsonable(after),
+            ip=meta.ip,
+            user_agent=meta.user_agent[:300],
+            prev_hash=head.last_hash,
+        )
+        event.hash = event_hash(event)
+        event.save(force_insert=True)
+        AuditChainHead.objects.filter(name=CHAIN).update(last_seq=event.seq, last_hash=event.hash)
+    return event
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    last_seq: int
+    first_break: ChainBreak | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_break is None
+
+
+def _events() -> Iterator[AuditEvent]:
+    return AuditEvent.objects.order_by("seq").iterator(chunk_size=2000)
+
+
+def audit_chain_verify() -> ChainReport:
+    """Recompute every hash in order; report the first row that does not fit."""
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    for event in _events():
+        if event.seq != expected_seq:
+            return ChainReport(
+                checked,
+                expected_seq - 1,
+                ChainBreak(
+                    expected_seq, f"row {expected_seq} is missing (next row is {event.seq})"
+                ),
+            )
+        if event.prev_hash != expected_prev:
+            return ChainReport(
+                checked,
+                event.seq,
+                ChainBreak(event.seq, "prev_hash does not match the hash of the row before"),
+            )
+        if event_hash(event) != event.hash:
+            return ChainReport(
+                checked,
+                event.seq,
+                ChainBreak(event.seq, "content does not match its hash (row was altered)"),
+            )
+        expected_prev = event.hash
+        expected_seq += 1
+        checked += 1
+    head = AuditChainHead.objects.filter(name=CHAIN).first()
+    last = expected_seq - 1
+    if head is not None and (head.last_seq != last or head.last_hash != expected_prev):
+        return ChainReport(
+            checked,
+            last,
+            ChainBreak(
+                last + 1,
+                f"chain head says {head.last_seq} rows but {last} are present "
+                "(rows were removed from the end)",
+            ),
+        )
+    return ChainReport(checked, last, None)

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class PatientsConfig(AppConfig):
+    name = "backend.patients"
+    label = "patients"
+    verbose_name = "Patients"

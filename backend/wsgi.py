@@ -1,0 +1,8 @@
+"""WSGI entry point, for management tooling only: the product is served over ASGI."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.settings")
+application = get_wsgi_application()

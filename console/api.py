@@ -1,0 +1,137 @@
+"""Console sign-in (session + TOTP second factor) and the console WebSocket ticket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import login, logout
+from django.middleware.csrf import get_token
+from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import ensure_csrf_cookie
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+
+from backend.api.problems import DomainError
+from backend.api.views import ApiView
+from backend.audit.services import RequestMeta, audit_record
+from backend.identity.authentication import SESSION_VERIFIED, request_account
+from backend.identity.models import User
+from backend.identity.selectors import account_summary
+from backend.identity.services import (
+    console_password_check,
+    console_second_factor_check,
+    ws_ticket_issue,
+)
+from console.serializers import LoginInput, LoginOutput, TotpInput, WsTicketOutput
+
+PENDING_USER = "console_pending_user"
+CONSOLE_WS_PATH = "/ws/console/"
+
+
+class ConsoleLoginThrottle(AnonRateThrottle):
+    scope = "console_login"
+
+
+def _complete_login(request: Request, user: User) -> None:
+    login(request._request, user, backend="django.contrib.auth.backends.ModelBackend")
+    request._request.session[SESSION_VERIFIED] = True
+    audit_record(
+        action="auth.console_login",
+        actor=user,
+        object_type="account",
+        object_id=user.pk,
+        meta=RequestMeta.from_request(request),
+    )
+
+
+@method_decorator(ensure_csrf_cookie, name="dispatch")
+class CsrfApi(ApiView):
+    """Sets the CSRF cookie the console's scripts send back as ``X-CSRFToken``."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
+
+    @extend_schema(operation_id="console_csrf", responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response({"csrf_token": get_token(request._request)})
+
+
+class LoginApi(ApiView):
+    permission_classes = [AllowAny]
+    throttle_classes = [ConsoleLoginThrottle]
+
+    @extend_schema(operation_id="console_login", request=LoginInput, responses={200: LoginOutput})
+    def post(self, request: Request) -> Response:
+        data = LoginInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = console_password_check(
+            username=data.validated_data["username"],
+            password=data.validated_data["password"],
+            meta=RequestMeta.from_request(request),
+        )
+        session = request._request.session
+        session.cycle_key()
+        if user.needs_second_factor:
+            if not user.totp_secret:
+                raise DomainError(
+                    "totp_not_enrolled", "Ask an administrator to enrol your authenticator."
+                )
+            session[PENDING_USER] = str(user.pk)
+            return Response({"second_factor_required": True})
+        _complete_login(request, user)
+        return Response({"second_factor_required": False, "user": account_summary(user=user)})
+
+
+class TotpApi(ApiView):
+    permission_classes = [AllowAny]
+    throttle_classes = [ConsoleLoginThrottle]
+
+    @extend_schema(
+        operation_id="console_login_totp",
+        request=TotpInput,
+        responses={200: LoginOutput, 401: OpenApiResponse(description="totp_invalid")},
+    )
+    def post(self, request: Request) -> Response:
+        data = TotpInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        pending = request._request.session.get(PENDING_USER)
+        user = User.objects.filter(pk=pending, is_active=True).first() if pending else None
+        if user is None:
+            raise DomainError("not_authenticated", "Sign in with your password first.")
+        console_second_factor_check(
+            user=user, code=data.validated_data["code"], meta=RequestMeta.from_request(request)
+        )
+        request._request.session.pop(PENDING_USER, None)
+        _complete_login(request, user)
+        return Response({"second_factor_required": False, "user": account_summary(user=user)})
+
+
+class LogoutApi(ApiView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="console_logout", request=None, responses={204: None})
+    def post(self, request: Request) -> Response:
+        logout(request._request)
+        return Response(status=204)
+
+
+class WsTicketApi(ApiView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(operation_id="console_ws_ticket", request=None, responses={201: WsTicketOutput})
+    def post(self, request: Request) -> Response:
+        issued = ws_ticket_issue(user=request_account(request), path=CONSOLE_WS_PATH)
+        url = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}{issued.path}"
+        return Response(
+            WsTicketOutput(
+                {
+                    "ticket": issued.ticket,
+                    "url": f"{url}?ticket={issued.ticket}",
+                    "expires_at": issued.expires_at,
+                }
+            ).data,
+            status=201,
+        )

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+
+class LoginInput(serializers.Serializer):  # type: ignore[type-arg]
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=200, trim_whitespace=False)
+
+
+class LoginOutput(serializers.Serializer):  # type: ignore[type-arg]
+    second_factor_required = serializers.BooleanField()
+    user = serializers.DictField(required=False)
+
+
+class TotpInput(serializers.Serializer):  # type: ignore[type-arg]
+    code = serializers.CharField(max_length=10)
+
+
+class WsTicketOutput(serializers.Serializer):  # type: ignore[type-arg]
+    ticket = serializers.CharField()
+    url = serializers.CharField()
+    expires_at = serializers.DateTimeField()
