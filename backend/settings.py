@@ -127,6 +127,7 @@ INSTALLED_APPS = [
     "channels",
     # Shared kernel
     "backend.api",
+    "backend.crypto",
     "backend.audit",
     "backend.identity",
     "backend.organisations",
@@ -161,7 +162,7 @@ WSGI_APPLICATION = "backend.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "backend" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -221,12 +222,13 @@ CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or (
 if CELERY_BROKER_URL == "filesystem://":
     # The embedded worker mode: a real Celery worker whose queue is a folder, so the
     # demo needs no broker service. Production sets REDIS_URL (or CELERY_BROKER_URL).
-    for sub in ("queue", "processed", "results"):
+    for sub in ("queue", "processed", "results", "control"):
         (CELERY_DATA_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         "data_folder_in": str(CELERY_DATA_DIR / "queue"),
         "data_folder_out": str(CELERY_DATA_DIR / "queue"),
         "processed_folder": str(CELERY_DATA_DIR / "processed"),
+        "control_folder": str(CELERY_DATA_DIR / "control"),
         "store_processed": False,
     }
 else:

@@ -7,12 +7,12 @@ from typing import Any
 from django.contrib.auth import login, logout
 from django.middleware.csrf import get_token
 from django.utils.decorators import method_decorator
-from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.csrf import csrf_protect, ensure_csrf_cookie
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
+from rest_framework.throttling import SimpleRateThrottle
 
 from backend.api.problems import DomainError
 from backend.api.views import ApiView
@@ -25,14 +25,20 @@ from backend.identity.services import (
     console_second_factor_check,
     ws_ticket_issue,
 )
+from console.permissions import IsConsoleUser
 from console.serializers import LoginInput, LoginOutput, TotpInput, WsTicketOutput
 
 PENDING_USER = "console_pending_user"
 CONSOLE_WS_PATH = "/ws/console/"
 
 
-class ConsoleLoginThrottle(AnonRateThrottle):
+class ConsoleLoginThrottle(SimpleRateThrottle):
+    """Per client address, whatever credentials the request carries."""
+
     scope = "console_login"
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
 def _complete_login(request: Request, user: User) -> None:
@@ -59,8 +65,11 @@ class CsrfApi(ApiView):
         return Response({"csrf_token": get_token(request._request)})
 
 
+@method_decorator(csrf_protect, name="dispatch")  # no login CSRF: a session is at stake
 class LoginApi(ApiView):
+    idempotency_exempt = True  # issues or ends credentials: never stored
     permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
     throttle_classes = [ConsoleLoginThrottle]
 
     @extend_schema(operation_id="console_login", request=LoginInput, responses={200: LoginOutput})
@@ -85,8 +94,11 @@ class LoginApi(ApiView):
         return Response({"second_factor_required": False, "user": account_summary(user=user)})
 
 
+@method_decorator(csrf_protect, name="dispatch")  # no login CSRF: a session is at stake
 class TotpApi(ApiView):
+    idempotency_exempt = True  # issues or ends credentials: never stored
     permission_classes = [AllowAny]
+    authentication_classes: list[Any] = []
     throttle_classes = [ConsoleLoginThrottle]
 
     @extend_schema(
@@ -109,7 +121,9 @@ class TotpApi(ApiView):
         return Response({"second_factor_required": False, "user": account_summary(user=user)})
 
 
+@method_decorator(csrf_protect, name="dispatch")
 class LogoutApi(ApiView):
+    idempotency_exempt = True  # issues or ends credentials: never stored
     permission_classes = [AllowAny]
 
     @extend_schema(operation_id="console_logout", request=None, responses={204: None})
@@ -119,7 +133,8 @@ class LogoutApi(ApiView):
 
 
 class WsTicketApi(ApiView):
-    permission_classes = [IsAuthenticated]
+    idempotency_exempt = True  # issues or ends credentials: never stored
+    permission_classes = [IsConsoleUser]
 
     @extend_schema(operation_id="console_ws_ticket", request=None, responses={201: WsTicketOutput})
     def post(self, request: Request) -> Response:

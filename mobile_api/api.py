@@ -33,6 +33,7 @@ class TokenIpThrottle(AnonRateThrottle):
 
 
 class OtpApi(ApiView):
+    idempotency_exempt = True  # issues or ends credentials: never stored
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
     throttle_classes = [OtpIpThrottle]
@@ -55,6 +56,7 @@ class OtpApi(ApiView):
 
 
 class TokenApi(ApiView):
+    idempotency_exempt = True  # issues or ends credentials: never stored
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
     throttle_classes = [TokenIpThrottle]
@@ -81,6 +83,7 @@ class TokenApi(ApiView):
 
 
 class RefreshApi(ApiView):
+    idempotency_exempt = True  # issues or ends credentials: never stored
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
     throttle_classes = [TokenIpThrottle]

@@ -2,9 +2,9 @@
 
 A client that lost a response retries with the same key and body and gets the stored
 response back, marked ``Idempotent-Replayed: true``; the same key with another body is
-refused with 422 ``idempotency_key_reused``. The business effect and the stored
-response commit in one transaction, so a crash never leaves one without the other.
-A request that fails (any error response) stores nothing: its retry runs again.
+refused with 422 ``idempotency_key_reused``. A request that fails (any error response)
+stores nothing: its retry runs again. Views that issue credentials opt out
+(``idempotency_exempt = True``) so that no token is ever stored in this table.
 See docs/idempotency.md.
 """
 
@@ -28,7 +28,7 @@ from backend.api.problems import DomainError
 
 HEADER = "Idempotency-Key"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 #: A reservation older than this belongs to a request whose process died.
 ABANDONED_AFTER = dt.timedelta(minutes=5)
 
@@ -42,7 +42,8 @@ def _owner(request: Request) -> str:
     user = request.user
     if user is not None and user.is_authenticated:
         return f"user:{user.pk}"
-    return "anonymous"
+    # Anonymous callers are told apart by address, so they cannot replay each other's keys.
+    return f"anon:{request.META.get('REMOTE_ADDR', '')}"
 
 
 def _fingerprint(request: Request) -> str:
@@ -73,7 +74,7 @@ def idempotency_begin(request: Request) -> IdempotencyRecord | None:
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise DomainError(
             "idempotency_key_invalid", "Use 1 to 255 visible ASCII characters, e.g. a UUID."
         )
@@ -142,17 +143,19 @@ def idempotency_purge_expired() -> int:
 
 
 def run_idempotently(record: IdempotencyRecord, call: Any) -> Response:
-    """Run the view handler and store its success in the same transaction."""
+    """Run the view handler; store a success, release the key on anything else.
+
+    The handler is deliberately not wrapped in a transaction of ours: services commit
+    what they must keep even when they refuse (a counted wrong code, an audit row of a
+    failed attempt), and a rollback here would erase that.
+    """
     try:
-        with transaction.atomic():
-            response: Response = call()
-            if 200 <= response.status_code < 400:
-                idempotency_complete(record, response)
-            else:
-                transaction.set_rollback(True)
+        response: Response = call()
     except BaseException:
         idempotency_abandon(record)
         raise
-    if not 200 <= response.status_code < 400:
+    if 200 <= response.status_code < 400:
+        idempotency_complete(record, response)
+    else:
         idempotency_abandon(record)
     return response

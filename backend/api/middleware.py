@@ -11,21 +11,24 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, HttpRequest, HttpResponse
 
 from backend.api.problems import PROBLEM_CONTENT_TYPE, problem_response
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api/", "/healthz", "/problems/")
+API_PREFIXES = ("/api/", "/problems/")
+API_PATHS = frozenset({"/healthz", "/problems"})
 
 _STATUS_CODES = {
-    400: "parse_error",
+    400: "bad_request",
     401: "not_authenticated",
     403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    413: "payload_too_large",
     415: "unsupported_media_type",
     429: "throttled",
     500: "internal_error",
@@ -33,7 +36,7 @@ _STATUS_CODES = {
 
 
 def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES)
+    return path in API_PATHS or path.startswith(API_PREFIXES)
 
 
 class ProblemJsonMiddleware:
@@ -56,6 +59,10 @@ class ProblemJsonMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not is_api_path(request.path):
             return None
+        if isinstance(exception, RequestDataTooBig):
+            return problem_response("payload_too_large", request)
+        if isinstance(exception, Http404 | PermissionDenied | SuspiciousOperation):
+            return None  # Django answers 404/403/400; __call__ gives it the problem shape
         error_id = uuid.uuid4().hex
         logger.exception("unhandled error %s on %s", error_id, request.path)
         return problem_response(

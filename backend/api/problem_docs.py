@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
 
 from backend.api.problems import PROBLEMS, problem_response, problem_type
 
 
+@require_GET
 def problem_catalogue(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {
@@ -19,6 +21,7 @@ def problem_catalogue(request: HttpRequest) -> JsonResponse:
     )
 
 
+@require_GET
 def problem_detail(request: HttpRequest, code: str) -> JsonResponse:
     if code not in PROBLEMS:
         return problem_response("not_found", request, detail=f"No problem type {code!r}.")

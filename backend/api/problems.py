@@ -12,8 +12,10 @@ import uuid
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf_exc
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEMS: dict[str, tuple[int, str]] = {
     "validation_error": (400, "The request has invalid fields"),
     "parse_error": (400, "The request body could not be parsed"),
+    "bad_request": (400, "The request was refused as malformed"),
     "idempotency_key_invalid": (400, "The Idempotency-Key header is malformed"),
     "not_authenticated": (401, "Authentication is required"),
     "authentication_failed": (401, "The credentials are invalid"),
@@ -39,6 +42,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_acceptable": (406, "Not acceptable"),
     "conflict": (409, "The request conflicts with the current state"),
     "idempotency_key_in_progress": (409, "A request with this Idempotency-Key is in progress"),
+    "payload_too_large": (413, "The request body is too large"),
     "unsupported_media_type": (415, "Unsupported media type"),
     "idempotency_key_reused": (422, "The Idempotency-Key was used with a different request"),
     "throttled": (429, "Too many requests"),
@@ -46,6 +50,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "account_locked": (429, "Too many failed sign-ins; try again later"),
     "internal_error": (500, "Internal server error"),
     "service_unavailable": (503, "Service unavailable"),
+    "sms_unavailable": (503, "The text message could not be sent"),
 }
 
 
@@ -173,6 +178,11 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             errors=_flatten_errors(exc.detail),
             detail="One or more fields are invalid.",
         )
+    elif isinstance(exc, RequestDataTooBig):
+        body = problem_body("payload_too_large", instance=instance)
+    elif isinstance(exc, SuspiciousOperation):
+        logger.warning("suspicious request on %s: %s", instance, exc)
+        body = problem_body("bad_request", instance=instance)
     elif isinstance(exc, Http404):
         body = problem_body("not_found", instance=instance)
     elif isinstance(exc, DjangoPermissionDenied):
@@ -203,6 +213,25 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             detail=f"An unexpected error occurred; quote error id {error_id} to support.",
             extra={"error_id": error_id},
         )
-    response = Response(body, status=body["status"], headers=headers)
-    response.content_type = PROBLEM_CONTENT_TYPE
-    return response
+    if body["status"] == 401 and "WWW-Authenticate" not in headers:
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    retry_after = body.get("retry_after")
+    if body["status"] == 429 and "Retry-After" not in headers and retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return ProblemResponse(body, status=body["status"], headers=headers)
+
+
+class ProblemResponse(Response):
+    """A DRF response that is always rendered as JSON, whatever renderer the view's
+    content negotiation chose (the schema view would otherwise render an error as YAML)."""
+
+    def __init__(self, data: dict[str, Any], status: int, headers: dict[str, str]) -> None:
+        super().__init__(data, status=status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+
+    @property
+    def rendered_content(self) -> bytes:  # type: ignore[override]
+        self.accepted_renderer = JSONRenderer()
+        self.accepted_media_type = PROBLEM_CONTENT_TYPE
+        self.renderer_context = getattr(self, "renderer_context", None) or {}
+        content: bytes = super().rendered_content
+        return content

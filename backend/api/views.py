@@ -17,6 +17,9 @@ from backend.api.idempotency import Replay, idempotency_begin, replay_response, 
 
 
 class IdempotentDispatchMixin:
+    #: Views that issue credentials set this: the header is ignored and nothing stored.
+    idempotency_exempt = False
+
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
         view: Any = self
         view.args = args
@@ -32,7 +35,9 @@ class IdempotentDispatchMixin:
             else:
                 handler = view.http_method_not_allowed
             record = (
-                idempotency_begin(drf_request) if handler != view.http_method_not_allowed else None
+                idempotency_begin(drf_request)
+                if handler != view.http_method_not_allowed and not view.idempotency_exempt
+                else None
             )
             if record is None:
                 response = handler(drf_request, *args, **kwargs)

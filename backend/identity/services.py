@@ -38,7 +38,7 @@ from backend.identity.models import (
     User,
     WsTicket,
 )
-from backend.identity.sms import sms_backend
+from backend.identity.sms import SmsDeliveryError, sms_backend
 
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 
@@ -108,14 +108,19 @@ def otp_request(*, phone: str, meta: RequestMeta | None = None) -> OtpSent:
         expires_at=now + dt.timedelta(seconds=settings.OTP_TTL_SECONDS),
         request_ip=(meta.ip if meta else None),
     )
-    transaction.on_commit(
-        lambda: sms_backend().send(
+    # The patient waits for this message, so it is sent now, after the challenge row is
+    # committed (autocommit) and never inside a caller's transaction.
+    try:
+        sms_backend().send(
             phone=phone,
             template="login_code",
             params={"code": code, "minutes": str(settings.OTP_TTL_SECONDS // 60)},
         )
-    )
-    del challenge
+    except SmsDeliveryError as exc:
+        challenge.delete()  # let the patient ask again at once
+        raise DomainError(
+            "sms_unavailable", "The text message could not be sent; try again."
+        ) from exc
     return OtpSent(expires_in=settings.OTP_TTL_SECONDS, resend_after=settings.OTP_RESEND_SECONDS)
 
 
@@ -140,13 +145,11 @@ def otp_verify(*, phone: str, code: str) -> str:
             challenge.attempts += 1
             challenge.save(update_fields=["attempts"])
             left = settings.OTP_MAX_ATTEMPTS - challenge.attempts
-            if left <= 0:
-                # Commit the burnt attempt count before refusing.
-                transaction.on_commit(lambda: None)
         else:
             challenge.consumed_at = now
             challenge.save(update_fields=["consumed_at"])
             return index
+    # Raised after the block so that the counted attempt is committed.
     if left <= 0:
         raise DomainError("otp_attempts_exceeded")
     raise DomainError("otp_invalid", f"The code is wrong; {left} attempt(s) left.")
@@ -471,16 +474,26 @@ def _lock_key(username: str) -> str:
     return f"console-login-failures:{_sha256(username.lower())}"
 
 
+def _sign_in_failures(username: str) -> int:
+    failures: int = cache.get(_lock_key(username), 0)
+    if failures >= settings.CONSOLE_LOGIN_MAX_FAILURES:
+        raise DomainError("account_locked")
+    return failures
+
+
+def _sign_in_failed(username: str, failures: int) -> None:
+    cache.set(_lock_key(username), failures + 1, settings.CONSOLE_LOGIN_LOCK_SECONDS)
+
+
 def console_password_check(
     *, username: str, password: str, meta: RequestMeta | None = None
 ) -> User:
-    """First step of console sign-in. Repeated failures lock the username for a while."""
-    failures = cache.get(_lock_key(username), 0)
-    if failures >= settings.CONSOLE_LOGIN_MAX_FAILURES:
-        raise DomainError("account_locked")
+    """First step of console sign-in. Wrong passwords and wrong second-factor codes count
+    together against the username, which is locked for a while after too many."""
+    failures = _sign_in_failures(username)
     user = authenticate(username=username, password=password)
     if user is None or not isinstance(user, User) or user.role not in CONSOLE_ROLES:
-        cache.set(_lock_key(username), failures + 1, settings.CONSOLE_LOGIN_LOCK_SECONDS)
+        _sign_in_failed(username, failures)
         audit_record(
             action="auth.console_login_failed",
             object_type="account",
@@ -488,14 +501,17 @@ def console_password_check(
             meta=meta,
         )
         raise DomainError("authentication_failed", "Wrong username or password.")
-    cache.delete(_lock_key(username))
+    if not user.needs_second_factor:
+        cache.delete(_lock_key(username))
     return user
 
 
 def console_second_factor_check(*, user: User, code: str, meta: RequestMeta | None = None) -> None:
+    failures = _sign_in_failures(user.username)
     try:
         totp_verify(user=user, code=code)
     except DomainError:
+        _sign_in_failed(user.username, failures)
         audit_record(
             action="auth.totp_failed",
             actor=user,
@@ -504,6 +520,7 @@ def console_second_factor_check(*, user: User, code: str, meta: RequestMeta | No
             meta=meta,
         )
         raise
+    cache.delete(_lock_key(user.username))
 
 
 # --- WebSocket tickets -----------------------------------------------------------------------

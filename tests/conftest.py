@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests.factories import (
+    DepartmentFactory,
+    HospitalFactory,
+    PatientFactory,
+    PractitionerFactory,
+)
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not REQUIRE_SERVICES:
+        return
+    engine = settings.DATABASES["default"]["ENGINE"]
+    problems = []
+    if "postgresql" not in engine:
+        problems.append(f"DATABASE_URL must point at PostgreSQL (engine is {engine})")
+    if not settings.REDIS_URL:
+        problems.append("REDIS_URL must be set")
+    if problems:
+        raise pytest.UsageError("REQUIRE_SERVICES=1 but " + "; ".join(problems))
+
+
+def require_redis() -> str:
+    """The Redis URL for a test that needs a real Redis; skip or fail without one."""
+    if settings.REDIS_URL:
+        return settings.REDIS_URL
+    if REQUIRE_SERVICES:
+        pytest.fail("REQUIRE_SERVICES=1 but REDIS_URL is not set")
+    pytest.skip("needs Redis: set REDIS_URL (CI sets REQUIRE_SERVICES=1)")
+
+
+def uses_postgres() -> bool:
+    return "postgresql" in settings.DATABASES["default"]["ENGINE"]
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> None:
+    """Empty this worker's cache (rate-limit counters). On Redis only this worker's keys
+    go: ``cache.clear()`` would flush the database under the other xdist workers."""
+    from django.core.cache import cache
+
+    if settings.CACHES["default"]["BACKEND"].endswith("RedisCache"):
+        client = cache._cache.get_client(write=True)  # type: ignore[attr-defined]
+        prefix = settings.CACHES["default"]["KEY_PREFIX"]
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+    else:
+        cache.clear()
+
+
+@pytest.fixture
+def hospital() -> Any:
+    return HospitalFactory()
+
+
+@pytest.fixture
+def department(hospital: Any) -> Any:
+    return DepartmentFactory(hospital=hospital)
+
+
+@pytest.fixture
+def doctor(hospital: Any, department: Any) -> Any:
+    return PractitionerFactory(hospital=hospital, department=department).user
+
+
+@pytest.fixture
+def patient() -> Any:
+    return PatientFactory()

@@ -1,0 +1,19 @@
+"""Test-session environment, set before Django's settings are imported.
+
+Tests run in demo mode (generated secrets) in a private ``VAR_DIR`` per xdist worker,
+against whatever ``DATABASE_URL``/``REDIS_URL`` say: the embedded default (SQLite,
+in-memory channel layer) when they are unset, the real PostgreSQL and Redis in CI, where
+``REQUIRE_SERVICES=1`` turns a missing service into a failure instead of a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ["DEMO_MODE"] = "1"
+os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix=f"ih-test-{_worker}-"))
+os.environ["CHANNEL_LAYER_PREFIX"] = f"ih-test-{os.getpid()}-{_worker}"
+os.environ["CACHE_KEY_PREFIX"] = f"ih-test-{os.getpid()}-{_worker}"
+os.makedirs(os.path.join(os.environ["VAR_DIR"], "static"), exist_ok=True)
