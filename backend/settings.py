@@ -247,6 +247,10 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "backend.identity.tasks.purge_expired_credentials",
         "schedule": 600.0,
     },
+    "expire-unanswered-consultations": {
+        "task": "consultations.tasks.expire_unanswered_consultations",
+        "schedule": 60.0,
+    },
     "purge-expired-idempotency-keys": {
         "task": "backend.api.tasks.purge_expired_idempotency_keys",
         "schedule": 3600.0,
@@ -316,6 +320,28 @@ if not SMS_BACKEND:
         "with SMS_HTTP_URL for a real gateway (LoggingSmsBackend writes codes to the log)."
     )
 
+IDENTITY_PROVIDER = os.environ.get(
+    "IDENTITY_PROVIDER",
+    "backend.organisations.identity_check.DemoIdentityProvider" if DEMO_MODE else "",
+)
+if not IDENTITY_PROVIDER:
+    raise ImproperlyConfigured(
+        "Refusing to start: IDENTITY_PROVIDER is not set (the doctors' real-name check). "
+        "Name a class implementing backend.organisations.identity_check.IdentityProvider."
+    )
+
+# --- Consultations ---------------------------------------------------------------------
+CONSULTATION_EXPIRE_MINUTES = env_int("CONSULTATION_EXPIRE_MINUTES", 30)
+#: 0: a doctor's identity check counts for the rest of that day (Asia/Shanghai);
+#: otherwise its maximum age in seconds.
+DOCTOR_IDENTITY_CHECK_MAX_AGE_SECONDS = env_int("DOCTOR_IDENTITY_CHECK_MAX_AGE_SECONDS", 0)
+DOCTOR_MIN_PRACTICE_YEARS = env_int("DOCTOR_MIN_PRACTICE_YEARS", 3)
+UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
+CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
+CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 4000)
+CHAT_MAX_FRAMES_PER_SECOND = env_int("CHAT_MAX_FRAMES_PER_SECOND", 20)
+
 # --- HTTP API --------------------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
 REST_FRAMEWORK: dict[str, Any] = {
@@ -333,7 +359,7 @@ REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_PAGINATION_CLASS": "backend.api.pagination.CursorPage",
     "PAGE_SIZE": 20,
     "EXCEPTION_HANDLER": "backend.api.problems.problem_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "backend.api.schema.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
         "otp_phone": "1/min",
         "otp_ip": "20/hour",

@@ -15,18 +15,18 @@ from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
 from backend.api.problems import DomainError
+from backend.api.tickets import WsTicketOutput, ws_ticket_response
 from backend.api.views import ApiView
 from backend.audit.services import RequestMeta, audit_record
-from backend.identity.authentication import SESSION_VERIFIED, request_account
+from backend.identity.authentication import SESSION_VERIFIED
 from backend.identity.models import User
 from backend.identity.selectors import account_summary
 from backend.identity.services import (
     console_password_check,
     console_second_factor_check,
-    ws_ticket_issue,
 )
 from console.permissions import IsConsoleUser
-from console.serializers import LoginInput, LoginOutput, TotpInput, WsTicketOutput
+from console.serializers import LoginInput, LoginOutput, TotpInput
 
 PENDING_USER = "console_pending_user"
 CONSOLE_WS_PATH = "/ws/console/"
@@ -138,15 +138,4 @@ class WsTicketApi(ApiView):
 
     @extend_schema(operation_id="console_ws_ticket", request=None, responses={201: WsTicketOutput})
     def post(self, request: Request) -> Response:
-        issued = ws_ticket_issue(user=request_account(request), path=CONSOLE_WS_PATH)
-        url = f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}{issued.path}"
-        return Response(
-            WsTicketOutput(
-                {
-                    "ticket": issued.ticket,
-                    "url": f"{url}?ticket={issued.ticket}",
-                    "expires_at": issued.expires_at,
-                }
-            ).data,
-            status=201,
-        )
+        return ws_ticket_response(request, path=CONSOLE_WS_PATH)

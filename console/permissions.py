@@ -16,3 +16,15 @@ class IsConsoleUser(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         user = request.user
         return bool(user and user.is_authenticated and getattr(user, "role", None) in CONSOLE_ROLES)
+
+
+class IsPractitioner(BasePermission):
+    message = "This is for doctors and pharmacists."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(
+            user
+            and user.is_authenticated
+            and getattr(user, "role", None) in ("doctor", "pharmacist")
+        )

@@ -15,9 +15,3 @@ class LoginOutput(serializers.Serializer):  # type: ignore[type-arg]
 
 class TotpInput(serializers.Serializer):  # type: ignore[type-arg]
     code = serializers.CharField(max_length=10)
-
-
-class WsTicketOutput(serializers.Serializer):  # type: ignore[type-arg]
-    ticket = serializers.CharField()
-    url = serializers.CharField()
-    expires_at = serializers.DateTimeField()

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from console import api
+from console import api, consultations
+from consultations import api as chat
 
 app_name = "console"
 
@@ -10,4 +11,52 @@ urlpatterns = [
     path("auth/totp", api.TotpApi.as_view(), name="totp"),
     path("auth/logout", api.LogoutApi.as_view(), name="logout"),
     path("ws-ticket", api.WsTicketApi.as_view(), name="ws-ticket"),
+    path("identity-check", consultations.IdentityCheckApi.as_view(), name="identity-check"),
+    path("duty", consultations.DutyApi.as_view(), name="duty"),
+    path("consultations", consultations.QueueApi.as_view(), name="consultations"),
+    path(
+        "consultations/<uuid:consultation_id>",
+        consultations.ConsoleConsultationDetailApi.as_view(),
+        name="consultation",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/accept",
+        consultations.AcceptApi.as_view(),
+        name="consultation-accept",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/end",
+        consultations.EndApi.as_view(),
+        name="consultation-end",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/refer-offline",
+        consultations.ReferOfflineApi.as_view(),
+        name="consultation-refer-offline",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/refuse-first-visit",
+        consultations.RefuseFirstVisitApi.as_view(),
+        name="consultation-refuse-first-visit",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/ws-ticket",
+        chat.ConsultationWsTicketApi.as_view(),
+        name="consultation-ws-ticket",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/messages",
+        chat.ConsultationMessagesApi.as_view(),
+        name="consultation-messages",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/attachments",
+        chat.AttachmentUploadApi.as_view(),
+        name="consultation-attachments",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/attachments/<uuid:attachment_id>",
+        chat.AttachmentDownloadApi.as_view(),
+        name="consultation-attachment",
+    ),
 ]

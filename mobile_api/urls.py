@@ -1,6 +1,7 @@
 from django.urls import path
 
-from mobile_api import api
+from consultations import api as chat
+from mobile_api import api, consultations, directory, patients
 
 app_name = "mobile"
 
@@ -9,4 +10,42 @@ urlpatterns = [
     path("auth/token", api.TokenApi.as_view(), name="auth-token"),
     path("auth/refresh", api.RefreshApi.as_view(), name="auth-refresh"),
     path("me", api.MeApi.as_view(), name="me"),
+    path("profiles", patients.ProfilesApi.as_view(), name="profiles"),
+    path("profiles/<uuid:profile_id>", patients.ProfileDetailApi.as_view(), name="profile"),
+    path("records", patients.RecordsApi.as_view(), name="records"),
+    path("records/<uuid:record_id>", patients.RecordDetailApi.as_view(), name="record"),
+    path("hospitals", directory.HospitalsApi.as_view(), name="hospitals"),
+    path("departments", directory.DepartmentsApi.as_view(), name="departments"),
+    path("doctors", directory.DoctorsApi.as_view(), name="doctors"),
+    path("consultations", consultations.ConsultationsApi.as_view(), name="consultations"),
+    path(
+        "consultations/<uuid:consultation_id>",
+        consultations.ConsultationDetailApi.as_view(),
+        name="consultation",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/cancel",
+        consultations.ConsultationCancelApi.as_view(),
+        name="consultation-cancel",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/ws-ticket",
+        chat.ConsultationWsTicketApi.as_view(),
+        name="consultation-ws-ticket",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/messages",
+        chat.ConsultationMessagesApi.as_view(),
+        name="consultation-messages",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/attachments",
+        chat.AttachmentUploadApi.as_view(),
+        name="consultation-attachments",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/attachments/<uuid:attachment_id>",
+        chat.AttachmentDownloadApi.as_view(),
+        name="consultation-attachment",
+    ),
 ]

@@ -81,3 +81,14 @@ def doctor(hospital: Any, department: Any) -> Any:
 @pytest.fixture
 def patient() -> Any:
     return PatientFactory()
+
+
+@pytest.fixture
+def icd10() -> None:
+    """The ICD-10 table. The migration loads it, but a transactional test's flush empties
+    every table, so tests that need it ask for it (use with a django_db mark)."""
+    from consultations.icd10 import icd10_load
+    from consultations.models import Icd10Code
+
+    if not Icd10Code.objects.filter(code="I10").exists():
+        icd10_load(model=Icd10Code)

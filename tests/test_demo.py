@@ -33,6 +33,7 @@ def _seed() -> dict:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("icd10")
 def test_seed_demo_is_idempotent_and_prints_working_credentials():
     first = _seed()
     counts = (

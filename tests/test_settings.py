@@ -27,6 +27,7 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
             "ALLOWED_HOSTS",
             "SMS_BACKEND",
             "DEBUG",
+            "IDENTITY_PROVIDER",
         }
     }
     env.update(
@@ -39,6 +40,7 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         ALLOWED_HOSTS="hospital.example.cn",
         SMS_BACKEND="backend.identity.sms.HttpSmsBackend",
         SMS_HTTP_URL="http://127.0.0.1:9/sms",
+        IDENTITY_PROVIDER="backend.organisations.identity_check.DemoIdentityProvider",
     )
     env.pop("REDIS_URL", None)
     for key, value in overrides.items():

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 
 class CursorPage(CursorPagination):
-    ordering = "-created_at"
+    ordering: str | tuple[str, ...] = "-created_at"
     page_size_query_param = "page_size"
     max_page_size = 100
 

@@ -1,0 +1,85 @@
+"""What every WebSocket consumer of the project shares: JSON frames with a size limit,
+a per-connection rate limit, error frames, and refusals that reach the client as the
+documented close codes (accept first, then close: a refused handshake would hide them)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+
+class TokenBucket:
+    def __init__(self, rate: float, capacity: float | None = None) -> None:
+        self.rate = rate
+        self.capacity = capacity if capacity is not None else rate
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class JsonConsumer(AsyncWebsocketConsumer):
+    """Subclasses implement ``on_frame(frame)``; frames are JSON objects with ``type``."""
+
+    async def refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.bucket = TokenBucket(float(settings.CHAT_MAX_FRAMES_PER_SECOND))
+        await super().websocket_connect(message)
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content, ensure_ascii=False))
+
+    async def send_error(self, code: str, detail: str, client_msg_id: Any = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail}
+        if client_msg_id is not None:
+            frame["client_msg_id"] = client_msg_id
+        await self.send_json(frame)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        raw = text_data if text_data is not None else bytes_data
+        size = len(raw.encode() if isinstance(raw, str) else (raw or b""))
+        if size > settings.CHAT_MAX_FRAME_BYTES:
+            await self.send_error(
+                "frame_too_large", f"Frames are limited to {settings.CHAT_MAX_FRAME_BYTES} bytes."
+            )
+            return
+        if not self.bucket.take():
+            await self.send_error(
+                "rate_limited",
+                f"At most {settings.CHAT_MAX_FRAMES_PER_SECOND} frames per second; this one "
+                "was dropped.",
+            )
+            return
+        if text_data is None:
+            await self.send_error("malformed_frame", "Send JSON as text frames.")
+            return
+        try:
+            frame = json.loads(text_data)
+        except json.JSONDecodeError:
+            frame = None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await self.send_error(
+                "malformed_frame", "A frame is a JSON object with a string 'type'."
+            )
+            return
+        if frame["type"] == "ping":
+            await self.send_json({"type": "pong"})
+            return
+        await self.on_frame(frame)
+
+    async def on_frame(self, frame: dict[str, Any]) -> None:
+        await self.send_error("unknown_type", f"Unknown frame type {frame['type']!r}.")

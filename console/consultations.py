@@ -1,0 +1,232 @@
+"""Doctors' side of consultations: identity check, duty, queue, accept, end, refer,
+refuse as a first visit."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from backend.api.pagination import CursorPage
+from backend.api.problems import DomainError
+from backend.api.views import ApiView, ListApiView
+from backend.audit.services import RequestMeta
+from backend.identity.authentication import request_account
+from backend.organisations.models import Practitioner
+from backend.organisations.services import practitioner_identity_check, practitioner_set_duty
+from console.permissions import IsPractitioner
+from consultations.models import Consultation
+from consultations.selectors import consultation_visible_to, consultations_of_doctor
+from consultations.serializers import (
+    AcceptInput,
+    ConsultationOutput,
+    EndInput,
+    ReasonInput,
+    consultation_state,
+)
+from consultations.services import (
+    consultation_accept,
+    consultation_end,
+    consultation_refer_offline,
+    consultation_refuse_first_visit,
+)
+
+
+def _practitioner(request: Request) -> Practitioner:
+    practitioner = (
+        Practitioner.objects.select_related("hospital", "user")
+        .filter(user=request_account(request))
+        .first()
+    )
+    if practitioner is None:
+        raise DomainError("permission_denied", "Only doctors and pharmacists can do this.")
+    return practitioner
+
+
+class IdentityCheckOutput(serializers.Serializer):  # type: ignore[type-arg]
+    passed = serializers.BooleanField()
+    provider = serializers.CharField()
+    reference = serializers.CharField()
+    message = serializers.CharField()
+    checked_at = serializers.DateTimeField(allow_null=True)
+
+
+class IdentityCheckApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_identity_check", request=None, responses={200: IdentityCheckOutput}
+    )
+    def post(self, request: Request) -> Response:
+        practitioner = _practitioner(request)
+        outcome = practitioner_identity_check(
+            practitioner=practitioner, meta=RequestMeta.from_request(request)
+        )
+        return Response(
+            {
+                "passed": outcome.passed,
+                "provider": outcome.provider,
+                "reference": outcome.reference,
+                "message": outcome.message,
+                "checked_at": practitioner.last_identity_check_at,
+            }
+        )
+
+
+class DutyInput(serializers.Serializer):  # type: ignore[type-arg]
+    on_duty = serializers.BooleanField()
+
+
+class DutyApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(operation_id="console_duty", request=DutyInput, responses={200: DutyInput})
+    def post(self, request: Request) -> Response:
+        data = DutyInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        practitioner = practitioner_set_duty(
+            practitioner=_practitioner(request),
+            on_duty=data.validated_data["on_duty"],
+            meta=RequestMeta.from_request(request),
+        )
+        return Response({"on_duty": practitioner.on_duty})
+
+
+class ConsultationStateSerializer(serializers.BaseSerializer):  # type: ignore[type-arg]
+    def to_representation(self, instance: Consultation) -> dict[str, Any]:
+        return consultation_state(instance)
+
+
+class OldestFirst(CursorPage):
+    ordering = ("requested_at", "id")
+
+
+class QueueApi(ListApiView):
+    """The doctor's queue (waiting in their department or asked of them) and their own
+    consultations, oldest first; ``?status=`` narrows it."""
+
+    permission_classes = [IsPractitioner]
+    serializer_class = ConsultationStateSerializer
+    pagination_class = OldestFirst
+
+    @extend_schema(
+        operation_id="console_consultations_list",
+        parameters=[OpenApiParameter("status", str)],
+        responses={200: ConsultationOutput(many=True)},
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[Consultation]:
+        return consultations_of_doctor(
+            practitioner=_practitioner(self.request), status=self.request.query_params.get("status")
+        )
+
+
+class ConsoleConsultationDetailApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_consultations_retrieve", responses={200: ConsultationOutput}
+    )
+    def get(self, request: Request, consultation_id: UUID) -> Response:
+        consultation = consultation_visible_to(
+            user=request_account(request), consultation_id=consultation_id
+        )
+        return Response(consultation_state(consultation))
+
+
+def _answer(request: Request, consultation_id: UUID) -> Response:
+    return Response(
+        consultation_state(
+            consultation_visible_to(user=request_account(request), consultation_id=consultation_id)
+        )
+    )
+
+
+class AcceptApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_consultations_accept",
+        request=AcceptInput,
+        responses={200: ConsultationOutput},
+    )
+    def post(self, request: Request, consultation_id: UUID) -> Response:
+        data = AcceptInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        consultation_accept(
+            consultation_id=consultation_id,
+            user=request_account(request),
+            follow_up_confirmed=data.validated_data["follow_up_confirmed"],
+            meta=RequestMeta.from_request(request),
+        )
+        return _answer(request, consultation_id)
+
+
+class EndApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_consultations_end",
+        request=EndInput,
+        responses={200: ConsultationOutput},
+    )
+    def post(self, request: Request, consultation_id: UUID) -> Response:
+        data = EndInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        consultation_end(
+            consultation_id=consultation_id,
+            user=request_account(request),
+            diagnoses=v["diagnoses"],
+            note=dict(v["note"]),
+            fee=v["fee"],
+            meta=RequestMeta.from_request(request),
+        )
+        return _answer(request, consultation_id)
+
+
+class ReferOfflineApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_consultations_refer_offline",
+        request=ReasonInput,
+        responses={200: ConsultationOutput},
+    )
+    def post(self, request: Request, consultation_id: UUID) -> Response:
+        data = ReasonInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        consultation_refer_offline(
+            consultation_id=consultation_id,
+            user=request_account(request),
+            reason=data.validated_data["reason"],
+            meta=RequestMeta.from_request(request),
+        )
+        return _answer(request, consultation_id)
+
+
+class RefuseFirstVisitApi(ApiView):
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_consultations_refuse_first_visit",
+        request=ReasonInput,
+        responses={200: ConsultationOutput},
+    )
+    def post(self, request: Request, consultation_id: UUID) -> Response:
+        data = ReasonInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        consultation_refuse_first_visit(
+            consultation_id=consultation_id,
+            user=request_account(request),
+            reason=data.validated_data["reason"],
+            meta=RequestMeta.from_request(request),
+        )
+        return _answer(request, consultation_id)

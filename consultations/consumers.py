@@ -1,0 +1,202 @@
+"""``/ws/consultations/{id}/?after_seq=N``: the chat of one consultation (CONTRACT
+section 3).
+
+Delivery guarantee: every stored message with ``seq > after_seq`` reaches the client
+exactly once and in ``seq`` order. The consumer joins the consultation's group *before*
+reading the backlog, remembers the highest seq it has delivered, drops pushes it has
+already sent, and fills any gap in the pushes from the database — so a push lost by
+the channel layer, or one that raced the backlog read, changes nothing. See
+docs/chat.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+
+from backend.api.problems import DomainError
+from backend.ws_auth import CLOSE_FORBIDDEN, CLOSE_NOT_AUTHENTICATED, CLOSE_NOT_FOUND
+from backend.ws_base import JsonConsumer
+from consultations import messaging
+from consultations.models import Consultation
+from consultations.push import consultation_group
+from consultations.selectors import consultation_participant_ids, messages_after
+from consultations.serializers import consultation_state
+
+
+def _open_sync(consultation_id: str, user_id: str) -> tuple[int, dict[str, Any] | None]:
+    consultation = (
+        Consultation.objects.select_related("profile", "department", "doctor__user")
+        .filter(pk=consultation_id)
+        .first()
+    )
+    if consultation is None:
+        return CLOSE_NOT_FOUND, None
+    if user_id not in consultation_participant_ids(consultation=consultation):
+        return CLOSE_FORBIDDEN, None
+    return 0, consultation_state(consultation)
+
+
+def _backlog_sync(consultation_id: str, after_seq: int) -> list[dict[str, Any]]:
+    consultation = Consultation(pk=consultation_id)
+    payloads: list[dict[str, Any]] = []
+    while True:
+        batch = messages_after(consultation=consultation, after_seq=after_seq, limit=1000)
+        payloads.extend(messaging.message_payload(m) for m in batch)
+        if len(batch) < 1000:
+            return payloads
+        after_seq = batch[-1].seq
+
+
+_open = database_sync_to_async(_open_sync)
+_backlog = database_sync_to_async(_backlog_sync)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return default
+
+
+class ConsultationConsumer(JsonConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.refuse(CLOSE_NOT_AUTHENTICATED)
+            return
+        self.consultation_id = str(self.scope["url_route"]["kwargs"]["consultation_id"])
+        self.user_id = str(user.pk)
+        try:
+            uuid.UUID(self.consultation_id)
+        except ValueError:
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        code, state = await _open(self.consultation_id, self.user_id)
+        if code:
+            await self.refuse(code)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        after_seq = _int(query.get("after_seq", ["0"])[0])
+        self.group = consultation_group(self.consultation_id)
+        # Join first, then read: a message committed in between is either in the backlog
+        # or arrives as a push (and is dropped if it was in both).
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        backlog = await _backlog(self.consultation_id, after_seq)
+        self.delivered_seq = backlog[-1]["seq"] if backlog else after_seq
+        await self.send_json({"type": "sync", "consultation": state, "messages": backlog})
+
+    async def disconnect(self, code: int) -> None:
+        group = getattr(self, "group", None)
+        if group:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    # --- frames from the client -------------------------------------------------------------
+
+    async def on_frame(self, frame: dict[str, Any]) -> None:
+        handler = {
+            "message.send": self.on_message_send,
+            "read": self.on_read,
+            "typing": self.on_typing,
+            "call.signal": self.on_call_signal,
+        }.get(frame["type"])
+        if handler is None:
+            await self.send_error("unknown_type", f"Unknown frame type {frame['type']!r}.")
+            return
+        await handler(frame)
+
+    async def on_message_send(self, frame: dict[str, Any]) -> None:
+        raw_id = frame.get("client_msg_id")
+        try:
+            client_msg_id = uuid.UUID(str(raw_id))
+        except ValueError:
+            await self.send_error("malformed_frame", "client_msg_id must be a UUID.", raw_id)
+            return
+        text = frame.get("text", "")
+        if not isinstance(text, str):
+            await self.send_error("malformed_frame", "text must be a string.", raw_id)
+            return
+        try:
+            sent = await database_sync_to_async(messaging.message_send)(
+                consultation_id=self.consultation_id,
+                sender=self.scope["user"],
+                client_msg_id=client_msg_id,
+                kind=str(frame.get("kind", "text")),
+                text=text,
+                attachment_id=frame.get("attachment_id"),
+            )
+        except DomainError as error:
+            await self.send_error(error.code, error.detail, raw_id)
+            return
+        await self.send_json(
+            {"type": "message.ack", "client_msg_id": raw_id, "seq": sent.message.seq}
+        )
+
+    async def on_read(self, frame: dict[str, Any]) -> None:
+        up_to = frame.get("up_to_seq")
+        if not isinstance(up_to, int) or up_to < 0:
+            await self.send_error("malformed_frame", "up_to_seq must be a non-negative integer.")
+            return
+        try:
+            await database_sync_to_async(messaging.read_mark)(
+                consultation_id=self.consultation_id, user=self.scope["user"], up_to_seq=up_to
+            )
+        except DomainError as error:
+            await self.send_error(error.code, error.detail)
+
+    async def on_typing(self, frame: dict[str, Any]) -> None:
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "consultation.ephemeral",
+                "from_user": self.user_id,
+                "frame": {"type": "typing", "user": self.user_id},
+            },
+        )
+
+    async def on_call_signal(self, frame: dict[str, Any]) -> None:
+        signal = frame.get("signal")
+        if not isinstance(signal, dict):
+            await self.send_error("malformed_frame", "signal must be an object.")
+            return
+        try:
+            await database_sync_to_async(messaging.call_signal_seen)(
+                consultation_id=self.consultation_id, actor=self.scope["user"], signal=signal
+            )
+        except DomainError as error:
+            await self.send_error(error.code, error.detail)
+            return
+        await self.channel_layer.group_send(
+            self.group,
+            {
+                "type": "consultation.ephemeral",
+                "from_user": self.user_id,
+                "frame": {"type": "call.signal", "user": self.user_id, "signal": signal},
+            },
+        )
+
+    # --- pushes from the channel layer ------------------------------------------------------
+
+    async def consultation_message(self, event: dict[str, Any]) -> None:
+        seq = event["message"]["seq"]
+        if seq <= self.delivered_seq:
+            return  # already delivered (in the backlog, or a repeated push)
+        if seq == self.delivered_seq + 1:
+            await self.send_json({"type": "message.new", "message": event["message"]})
+            self.delivered_seq = seq
+            return
+        # A push went missing: fill the gap from the store, in order.
+        for payload in await _backlog(self.consultation_id, self.delivered_seq):
+            await self.send_json({"type": "message.new", "message": payload})
+            self.delivered_seq = payload["seq"]
+
+    async def consultation_push(self, event: dict[str, Any]) -> None:
+        await self.send_json(event["frame"])
+
+    async def consultation_ephemeral(self, event: dict[str, Any]) -> None:
+        if event.get("from_user") != self.user_id:
+            await self.send_json(event["frame"])

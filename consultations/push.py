@@ -1,0 +1,90 @@
+"""Telling connected clients about changes, after the change is committed.
+
+The channel layer is a doorbell, never the store: every frame sent here describes rows
+that are already committed, and a client that missed it catches up from the database
+(``sync`` on reconnect). Recipients are chosen from the database, not from group
+membership: a consultation's own group reaches its open sockets; console frames go to
+each on-duty doctor's personal group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from backend.organisations.models import Practitioner
+from consultations.models import Consultation, ConsultationEvent
+
+
+def consultation_group(consultation_id: Any) -> str:
+    return f"consultation.{consultation_id}"
+
+
+def console_user_group(user_id: Any) -> str:
+    # Must match console.consumers.account_group.
+    return f"console.user.{user_id}"
+
+
+def state_frame(consultation: Consultation) -> dict[str, Any]:
+    return {
+        "type": "consultation.state",
+        "status": consultation.status,
+        "reason": consultation.status_reason,
+    }
+
+
+def queue_item(consultation: Consultation) -> dict[str, Any]:
+    return {
+        "id": str(consultation.pk),
+        "status": consultation.status,
+        "department": str(consultation.department_id),
+        "requested_doctor": (
+            str(consultation.requested_doctor_id) if consultation.requested_doctor_id else None
+        ),
+        "doctor": str(consultation.doctor_id) if consultation.doctor_id else None,
+        "patient_name": consultation.profile.real_name,
+        "requested_at": consultation.requested_at.isoformat(),
+        "expires_at": consultation.expires_at.isoformat(),
+    }
+
+
+def console_recipients(consultation: Consultation) -> list[Any]:
+    """Account ids of the doctors who should see this consultation move in their queue."""
+    doctors = Practitioner.objects.filter(on_duty=True, hospital_id=consultation.hospital_id)
+    if consultation.requested_doctor_id:
+        doctors = doctors.filter(pk=consultation.requested_doctor_id)
+    else:
+        doctors = doctors.filter(department_id=consultation.department_id)
+    ids = set(doctors.values_list("user_id", flat=True))
+    if consultation.doctor_id:
+        ids.add(
+            Practitioner.objects.values_list("user_id", flat=True).get(pk=consultation.doctor_id)
+        )
+    return sorted(ids, key=str)
+
+
+def _send(group: str, frame: dict[str, Any], kind: str) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(group, {"type": kind, "frame": frame})
+
+
+def after_transition(consultation: Consultation, event: ConsultationEvent) -> None:
+    state = state_frame(consultation)
+    queue = {
+        "type": "queue.changed",
+        "action": event.action,
+        "consultation": queue_item(consultation),
+    }
+    consultation_id = consultation.pk
+
+    def deliver() -> None:
+        _send(consultation_group(consultation_id), state, "consultation.push")
+        fresh = Consultation.objects.select_related("profile").get(pk=consultation_id)
+        for user_id in console_recipients(fresh):
+            _send(console_user_group(user_id), queue, "console.event")
+
+    transaction.on_commit(deliver)
