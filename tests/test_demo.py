@@ -21,6 +21,8 @@ from backend.identity.models import ApiToken, Role, User
 from backend.identity.services import api_token_authenticate, totp_code_at, totp_verify
 from backend.organisations.models import Hospital, Practitioner
 from backend.patients.models import PatientProfile
+from consultations.models import PriorDiagnosis
+from prescriptions.models import Drug
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = {"patient", "doctor", "pharmacist", "pharmacy_staff", "regulator", "administrator"}
@@ -69,6 +71,13 @@ def test_seed_demo_is_idempotent_and_prints_working_credentials():
     # One patient has a dependent child.
     relations = sorted(p["relation"] for p in second["patients"].values())
     assert relations == ["child", "self", "self"]
+    # Each patient (the child too) has a prior offline diagnosis, so follow-ups can start,
+    # and a catalogue with at least one controlled drug exists.
+    for key, patient in second["patients"].items():
+        record = PriorDiagnosis.objects.get(pk=second["prior_diagnoses"][key])
+        assert str(record.profile_id) == patient["profile_id"]
+    assert PriorDiagnosis.objects.count() == 3
+    assert Drug.objects.exclude(control_class="none").exists()
     assert audit_chain_verify().ok
 
 
