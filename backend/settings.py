@@ -132,6 +132,7 @@ INSTALLED_APPS = [
     "backend.identity",
     "backend.organisations",
     "backend.patients",
+    "backend.notifications",
     "backend.demo",
     # Bounded contexts and edges
     "consultations",
@@ -251,6 +252,10 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "consultations.tasks.expire_unanswered_consultations",
         "schedule": 60.0,
     },
+    "purge-stale-presence": {
+        "task": "backend.notifications.tasks.purge_stale_presence",
+        "schedule": 600.0,
+    },
     "purge-expired-idempotency-keys": {
         "task": "backend.api.tasks.purge_expired_idempotency_keys",
         "schedule": 3600.0,
@@ -329,6 +334,19 @@ if not IDENTITY_PROVIDER:
         "Refusing to start: IDENTITY_PROVIDER is not set (the doctors' real-name check). "
         "Name a class implementing backend.organisations.identity_check.IdentityProvider."
     )
+
+PUSH_BACKEND = os.environ.get(
+    "PUSH_BACKEND", "backend.notifications.backends.LoggingPushBackend" if DEMO_MODE else ""
+)
+PUSH_HTTP_URL = os.environ.get("PUSH_HTTP_URL", "")
+PUSH_HTTP_TOKEN = os.environ.get("PUSH_HTTP_TOKEN", "")
+if not PUSH_BACKEND:
+    raise ImproperlyConfigured(
+        "Refusing to start: PUSH_BACKEND is not set. Use "
+        "backend.notifications.backends.HttpPushBackend with PUSH_HTTP_URL."
+    )
+#: A socket whose last heartbeat is older than this counts as gone.
+PRESENCE_TTL_SECONDS = env_int("PRESENCE_TTL_SECONDS", 90)
 
 # --- Consultations ---------------------------------------------------------------------
 CONSULTATION_EXPIRE_MINUTES = env_int("CONSULTATION_EXPIRE_MINUTES", 30)

@@ -78,8 +78,12 @@ class JsonConsumer(AsyncWebsocketConsumer):
             return
         if frame["type"] == "ping":
             await self.send_json({"type": "pong"})
+            await self.on_ping()
             return
         await self.on_frame(frame)
+
+    async def on_ping(self) -> None:
+        """Clients ping to keep the connection (and their presence) alive."""
 
     async def on_frame(self, frame: dict[str, Any]) -> None:
         await self.send_error("unknown_type", f"Unknown frame type {frame['type']!r}.")

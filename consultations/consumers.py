@@ -11,6 +11,7 @@ docs/chat.md.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 
 from backend.api.problems import DomainError
+from backend.notifications.services import presence_enter, presence_heartbeat, presence_leave
 from backend.ws_auth import CLOSE_FORBIDDEN, CLOSE_NOT_AUTHENTICATED, CLOSE_NOT_FOUND
 from backend.ws_base import JsonConsumer
 from consultations import messaging
@@ -55,6 +57,10 @@ _open = database_sync_to_async(_open_sync)
 _backlog = database_sync_to_async(_backlog_sync)
 
 
+#: Presence heartbeats are written at most this often (clients ping more often).
+HEARTBEAT_EVERY_SECONDS = 20
+
+
 def _int(value: Any, default: int = 0) -> int:
     try:
         return max(0, int(value))
@@ -86,6 +92,10 @@ class ConsultationConsumer(JsonConsumer):
         # or arrives as a push (and is dropped if it was in both).
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        await database_sync_to_async(presence_enter)(
+            channel_name=self.channel_name, user=user, topic=f"consultation:{self.consultation_id}"
+        )
+        self.heartbeat_at = time.monotonic()
         backlog = await _backlog(self.consultation_id, after_seq)
         self.delivered_seq = backlog[-1]["seq"] if backlog else after_seq
         await self.send_json({"type": "sync", "consultation": state, "messages": backlog})
@@ -94,6 +104,12 @@ class ConsultationConsumer(JsonConsumer):
         group = getattr(self, "group", None)
         if group:
             await self.channel_layer.group_discard(group, self.channel_name)
+            await database_sync_to_async(presence_leave)(channel_name=self.channel_name)
+
+    async def on_ping(self) -> None:
+        if time.monotonic() - self.heartbeat_at > HEARTBEAT_EVERY_SECONDS:
+            self.heartbeat_at = time.monotonic()
+            await database_sync_to_async(presence_heartbeat)(channel_name=self.channel_name)
 
     # --- frames from the client -------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from backend.api.problems import DomainError
 from backend.api.uploads import DOCUMENT_TYPES, IMAGE_TYPES, upload_inspect
 from backend.audit.services import RequestMeta, audit_record
 from backend.identity.models import Role, User
+from backend.notifications.services import notify_if_away
 from consultations.lifecycle import OPEN_FOR_MESSAGES
 from consultations.models import (
     Attachment,
@@ -89,9 +90,24 @@ def _append(consultation: Consultation, **fields: Any) -> Message:
         consultation=consultation, seq=consultation.last_seq, created_at=timezone.now(), **fields
     )
     payload = message_payload(message)
-    transaction.on_commit(
-        lambda: _broadcast(consultation.pk, {"type": "consultation.message", "message": payload})
-    )
+    recipients = [
+        u
+        for u in consultation_participant_ids(consultation=consultation)
+        if u != str(message.sender_id)
+    ]
+
+    def deliver() -> None:
+        _broadcast(consultation.pk, {"type": "consultation.message", "message": payload})
+        # Pushes carry no health data: they pass through the phone vendors' servers.
+        notify_if_away(
+            topic=f"consultation:{consultation.pk}",
+            user_ids=recipients,
+            title="新消息",
+            body="您的问诊有一条新消息",
+            data={"consultation": str(consultation.pk), "seq": payload["seq"]},
+        )
+
+    transaction.on_commit(deliver)
     return message
 
 

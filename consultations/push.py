@@ -15,8 +15,18 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from backend.notifications.services import notify_if_away
 from backend.organisations.models import Practitioner
 from consultations.models import Consultation, ConsultationEvent
+
+#: What the patient is told on their phone when they are not in the chat (no health data).
+STATE_NOTICES = {
+    "accept": "医生已接诊，请进入问诊",
+    "end": "问诊已结束，可查看诊断与医嘱",
+    "refer_offline": "医生建议您到线下就诊",
+    "refuse_first_visit": "本次问诊不符合复诊条件，请到线下就诊",
+    "expire": "暂无医生接诊，问诊已过期",
+}
 
 
 def consultation_group(consultation_id: Any) -> str:
@@ -81,10 +91,20 @@ def after_transition(consultation: Consultation, event: ConsultationEvent) -> No
     }
     consultation_id = consultation.pk
 
+    account_id = consultation.account_id
+
     def deliver() -> None:
         _send(consultation_group(consultation_id), state, "consultation.push")
         fresh = Consultation.objects.select_related("profile").get(pk=consultation_id)
         for user_id in console_recipients(fresh):
             _send(console_user_group(user_id), queue, "console.event")
+        if event.action in STATE_NOTICES:
+            notify_if_away(
+                topic=f"consultation:{consultation_id}",
+                user_ids=[account_id],
+                title="问诊状态更新",
+                body=STATE_NOTICES[event.action],
+                data={"consultation": str(consultation_id), "status": state["status"]},
+            )
 
     transaction.on_commit(deliver)

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from consultations import api as chat
-from mobile_api import api, consultations, directory, patients
+from mobile_api import api, consultations, devices, directory, patients
 
 app_name = "mobile"
 
@@ -14,6 +14,8 @@ urlpatterns = [
     path("profiles/<uuid:profile_id>", patients.ProfileDetailApi.as_view(), name="profile"),
     path("records", patients.RecordsApi.as_view(), name="records"),
     path("records/<uuid:record_id>", patients.RecordDetailApi.as_view(), name="record"),
+    path("devices", devices.DevicesApi.as_view(), name="devices"),
+    path("devices/<uuid:device_id>", devices.DeviceDetailApi.as_view(), name="device"),
     path("hospitals", directory.HospitalsApi.as_view(), name="hospitals"),
     path("departments", directory.DepartmentsApi.as_view(), name="departments"),
     path("doctors", directory.DoctorsApi.as_view(), name="doctors"),
