@@ -32,7 +32,7 @@ class _Gateway(BaseHTTPRequestHandler):
     received: list[dict] = []
     status = 200
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).received.append({"auth": self.headers.get("Authorization"), **body})
         self.send_response(type(self).status)
