@@ -28,6 +28,7 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
             "SMS_BACKEND",
             "DEBUG",
             "IDENTITY_PROVIDER",
+            "PUSH_BACKEND",
         }
     }
     env.update(
@@ -41,6 +42,8 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         SMS_BACKEND="backend.identity.sms.HttpSmsBackend",
         SMS_HTTP_URL="http://127.0.0.1:9/sms",
         IDENTITY_PROVIDER="backend.organisations.identity_check.DemoIdentityProvider",
+        PUSH_BACKEND="backend.notifications.backends.HttpPushBackend",
+        PUSH_HTTP_URL="http://127.0.0.1:9/push",
     )
     env.pop("REDIS_URL", None)
     for key, value in overrides.items():
@@ -86,10 +89,12 @@ def test_production_refuses_without_allowed_hosts(tmp_path):
     assert "ALLOWED_HOSTS" in result.stderr
 
 
-def test_production_refuses_without_an_sms_backend(tmp_path):
-    result = _start(_production_env(tmp_path, SMS_BACKEND=""))
+@pytest.mark.parametrize("missing", ["SMS_BACKEND", "IDENTITY_PROVIDER", "PUSH_BACKEND"])
+def test_production_refuses_without_a_named_provider(tmp_path, missing):
+    """No silent demo fallback for the SMS gateway, the doctors' identity check or push."""
+    result = _start(_production_env(tmp_path, **{missing: ""}))
     assert result.returncode != 0
-    assert "SMS_BACKEND" in result.stderr
+    assert missing in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -127,6 +132,8 @@ def test_demo_mode_generates_secrets_once_and_keeps_them(tmp_path):
         BLIND_INDEX_KEY="",
         ALLOWED_HOSTS="",
         SMS_BACKEND="",
+        IDENTITY_PROVIDER="",
+        PUSH_BACKEND="",
     )
     code = (
         "import django; django.setup(); "
