@@ -191,17 +191,36 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DATABASE_POOL", True
+):
+    # A connection pool per process (Django 5.1+): WebSocket consumers and views reuse
+    # connections instead of opening one per database call.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 24),
+        "timeout": 10,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "identity.User"
 
 # --- Redis, channel layer, cache, Celery -------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")
 CHANNEL_LAYER_PREFIX = os.environ.get("CHANNEL_LAYER_PREFIX", "ih")
+#: "core" (channels_redis.core.RedisChannelLayer) or "pubsub"
+#: (channels_redis.pubsub.RedisPubSubChannelLayer); see docs/chat.md for the measurements.
+CHANNEL_LAYER_KIND = os.environ.get("CHANNEL_LAYER", "pubsub")
+if CHANNEL_LAYER_KIND not in {"core", "pubsub"}:
+    raise ImproperlyConfigured("CHANNEL_LAYER must be 'core' or 'pubsub'")
 if REDIS_URL:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_LAYER_PREFIX, "capacity": 1000},
+            "BACKEND": f"channels_redis.{CHANNEL_LAYER_KIND}.Redis"
+            + ("PubSub" if CHANNEL_LAYER_KIND == "pubsub" else "")
+            + "ChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNEL_LAYER_PREFIX}
+            | ({"capacity": 1000} if CHANNEL_LAYER_KIND == "core" else {}),
         }
     }
     CACHES: dict[str, Any] = {
@@ -359,6 +378,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 64 * 1024)
 CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 4000)
 CHAT_MAX_FRAMES_PER_SECOND = env_int("CHAT_MAX_FRAMES_PER_SECOND", 20)
+CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 16)
 
 # --- HTTP API --------------------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from backend.api.problems import DomainError
 from backend.notifications.services import presence_enter, presence_heartbeat, presence_leave
@@ -56,6 +58,12 @@ def _backlog_sync(consultation_id: str, after_seq: int) -> list[dict[str, Any]]:
 _open = database_sync_to_async(_open_sync)
 _backlog = database_sync_to_async(_backlog_sync)
 
+
+#: Threads for message writes: each mostly waits on the database's commit, so more
+#: threads than cores keep the database busy (it groups concurrent commits).
+CHAT_DB_EXECUTOR = ThreadPoolExecutor(
+    max_workers=settings.CHAT_DB_THREADS, thread_name_prefix="chat-db"
+)
 
 #: Presence heartbeats are written at most this often (clients ping more often).
 HEARTBEAT_EVERY_SECONDS = 20
@@ -137,7 +145,11 @@ class ConsultationConsumer(JsonConsumer):
             await self.send_error("malformed_frame", "text must be a string.", raw_id)
             return
         try:
-            sent = await database_sync_to_async(messaging.message_send)(
+            # Not thread-sensitive: sends of different consultations run in parallel (the
+            # row lock orders those of one consultation; this socket awaits each in turn).
+            sent = await database_sync_to_async(
+                messaging.message_send, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
+            )(
                 consultation_id=self.consultation_id,
                 sender=self.scope["user"],
                 client_msg_id=client_msg_id,

@@ -17,7 +17,6 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -35,7 +34,7 @@ from consultations.models import (
     ReadMarker,
 )
 from consultations.push import consultation_group
-from consultations.selectors import consultation_participant_ids
+from consultations.selectors import consultation_participant_ids, consultation_visible_to
 
 SENDABLE_KINDS = frozenset({MessageKind.TEXT, MessageKind.IMAGE, MessageKind.FILE})
 
@@ -69,7 +68,12 @@ def _broadcast(consultation_id: Any, event: dict[str, Any]) -> None:
 
 
 def _locked_for_participant(consultation_id: UUID | str, user: User) -> Consultation:
-    consultation = Consultation.objects.select_for_update().filter(pk=consultation_id).first()
+    consultation = (
+        Consultation.objects.select_for_update(of=("self",))
+        .select_related("doctor")
+        .filter(pk=consultation_id)
+        .first()
+    )
     if consultation is None:
         raise DomainError("not_found", "No such consultation.")
     if str(user.pk) not in consultation_participant_ids(consultation=consultation):
@@ -84,8 +88,10 @@ class Sent:
 
 
 def _append(consultation: Consultation, **fields: Any) -> Message:
-    Consultation.objects.filter(pk=consultation.pk).update(last_seq=F("last_seq") + 1)
-    consultation.refresh_from_db(fields=["last_seq"])
+    # The caller holds the consultation's row lock (on SQLite, the IMMEDIATE transaction's
+    # write lock), so reading last_seq and writing it back cannot interleave.
+    consultation.last_seq += 1
+    Consultation.objects.filter(pk=consultation.pk).update(last_seq=consultation.last_seq)
     message = Message.objects.create(
         consultation=consultation, seq=consultation.last_seq, created_at=timezone.now(), **fields
     )
@@ -136,21 +142,27 @@ def message_send(
         raise DomainError(
             "validation_error", "A text message needs text.", errors={"text": ["Required."]}
         )
-    existing = (
-        Message.objects.filter(
-            consultation_id=consultation_id, sender=sender, client_msg_id=client_msg_id
+
+    def stored() -> Message | None:
+        return (
+            Message.objects.filter(
+                consultation_id=consultation_id, sender=sender, client_msg_id=client_msg_id
+            )
+            .select_related("attachment")
+            .first()
         )
-        .select_related("attachment")
-        .first()
-    )
-    if existing is not None:
-        return Sent(existing, created=False)
+
+    # A repeated client_msg_id (a resend after a reconnect) is found by the unique
+    # constraint on insert, which rolls the seq back; no read is spent on the usual case.
     try:
         with transaction.atomic():
             consultation = _locked_for_participant(consultation_id, sender)
             if consultation.status not in OPEN_FOR_MESSAGES or (
                 sender.role == Role.DOCTOR and consultation.status != ConsultationStatus.IN_PROGRESS
             ):
+                earlier = stored()
+                if earlier is not None:
+                    return Sent(earlier, created=False)
                 raise DomainError(
                     "consultation_not_open",
                     f"The consultation is {consultation.status}: no messages are accepted.",
@@ -183,10 +195,7 @@ def message_send(
                 client_msg_id=client_msg_id,
             )
     except IntegrityError:
-        # The same client_msg_id raced itself (two sockets): the first one won.
-        existing = Message.objects.filter(
-            consultation_id=consultation_id, sender=sender, client_msg_id=client_msg_id
-        ).first()
+        existing = stored()
         if existing is None:
             raise
         return Sent(existing, created=False)
@@ -251,6 +260,7 @@ def attachment_upload(
     upload: UploadedFile,
     meta: RequestMeta | None = None,
 ) -> Attachment:
+    consultation_visible_to(user=user, consultation_id=consultation_id)  # 404 for strangers
     inspected = upload_inspect(
         upload=upload, allowed=DOCUMENT_TYPES, max_bytes=settings.UPLOAD_MAX_BYTES
     )

@@ -72,13 +72,8 @@ def consultation_participant_ids(*, consultation: Consultation) -> set[str]:
     """Accounts that may open the consultation's WebSocket (CONTRACT section 3)."""
     ids = {str(consultation.account_id)}
     if consultation.doctor_id:
-        ids.add(
-            str(
-                Practitioner.objects.values_list("user_id", flat=True).get(
-                    pk=consultation.doctor_id
-                )
-            )
-        )
+        # One query unless the caller loaded the doctor with select_related("doctor").
+        ids.add(str(consultation.doctor.user_id))  # type: ignore[union-attr]
     return ids
 
 

@@ -210,7 +210,7 @@ def _transition(
         raise DomainError(
             "consultation_state_conflict",
             f"Cannot {action.replace('_', ' ')} a consultation that is {source}.",
-            extra={"status": source},
+            extra={"consultation_status": source},
         )
     now = timezone.now()
     consultation.status = transition.target
@@ -258,6 +258,12 @@ def consultation_request(
 ) -> Consultation:
     """A patient (or guardian) asks for a follow-up: needs a prior offline diagnosis."""
     _own_profile(account=account, profile=profile)
+    if department.hospital.practice_licence_valid_until < timezone.localdate():
+        raise DomainError(
+            "validation_error",
+            "This hospital cannot take consultations: its practice licence has expired.",
+            errors={"department": ["The hospital's practice licence has expired."]},
+        )
     if not department.is_active:
         raise DomainError(
             "validation_error",
@@ -465,8 +471,10 @@ def consultation_refer_offline(
 def consultation_refuse_first_visit(
     *, consultation_id: UUID | str, user: User, reason: str, meta: RequestMeta | None = None
 ) -> Consultation:
-    """The doctor finds the visit is not a follow-up: from the queue or during it."""
+    """The doctor finds the visit is not a follow-up: from the queue or during it. It is a
+    medical decision, so the same qualification as accepting is required."""
     doctor = _doctor_of(user)
+    practitioner_qualification_check(practitioner=doctor)
     with transaction.atomic():
         consultation = _locked(consultation_id)
         if consultation.hospital_id != doctor.hospital_id:

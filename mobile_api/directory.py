@@ -109,6 +109,6 @@ class DoctorsApi(ListApiView):
             qs = qs.filter(hospital_id=hospital)
         if department:
             qs = qs.filter(department_id=department)
-        if self.request.query_params.get("available") in ("1", "true"):
+        if (self.request.query_params.get("available") or "").lower() in ("1", "true", "yes"):
             qs = qs.filter(on_duty=True, licence_valid_until__gte=timezone.localdate())
         return qs

@@ -2,23 +2,21 @@
 tickets from the HTTP endpoints, real WebSocket connections through the ASGI application.
 
 Everything that touches the database from a test coroutine goes through
-``sync_to_async`` (the one thread-sensitive worker thread), as the consumer does."""
+``database_sync_to_async``, as the consumers do."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest_asyncio
-from asgiref.sync import sync_to_async
+import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connection
+from django.db import connections
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -147,11 +145,20 @@ def _stored(consultation_id: str) -> list[tuple[int, str | None, str, str]]:
     ]
 
 
-chat_create = sync_to_async(_chat_create)
-accept = sync_to_async(_accept)
-ticket = sync_to_async(_ticket)
-console_session_headers = sync_to_async(_console_session_headers)
-stored = sync_to_async(_stored)
+# ``database_sync_to_async`` closes the worker thread's connection afterwards, as the
+# consumers' own calls do: none is left open to hold up dropping the test database.
+chat_create = database_sync_to_async(_chat_create)
+accept = database_sync_to_async(_accept)
+ticket = database_sync_to_async(_ticket)
+console_session_headers = database_sync_to_async(_console_session_headers)
+stored = database_sync_to_async(_stored)
+
+
+async def release_connections() -> None:
+    """Close the worker thread's database connections at the end of a test that ran many
+    consumers (on PostgreSQL one can otherwise outlive the test and keep the test
+    database from being dropped)."""
+    await database_sync_to_async(connections.close_all)()
 
 
 def socket_path(chat: Chat, ticket_value: str, after_seq: Any = None) -> str:
@@ -219,6 +226,18 @@ async def send_text(
     return answer
 
 
+async def send_and_echo(
+    communicator: WebsocketCommunicator, text: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Send a text message that is accepted; return its ack and the ``message.new`` the
+    sender gets for it (a sender's socket gets its own messages too)."""
+    ack = await send_text(communicator, text)
+    assert ack["type"] == "message.ack", ack
+    new = await expect(communicator, "message.new")
+    assert new["message"]["seq"] == ack["seq"], (ack, new)
+    return ack, new
+
+
 async def expect(communicator: WebsocketCommunicator, type_: str) -> dict[str, Any]:
     frame: dict[str, Any] = await communicator.receive_json_from(timeout=TIMEOUT)
     assert frame["type"] == type_, frame
@@ -236,19 +255,16 @@ async def quiet(communicator: WebsocketCommunicator, seconds: float = 0.3) -> No
     assert await communicator.receive_nothing(timeout=seconds)
 
 
-@pytest_asyncio.fixture(autouse=True)
-async def _close_worker_connection() -> AsyncIterator[None]:
-    """Close the database connection the thread-sensitive worker thread opened for the
-    HTTP calls, so that PostgreSQL can drop the test database at the end."""
-    yield
-    await sync_to_async(connection.close)()
-    await asyncio.sleep(0)
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Accounts are made with a password and doctors sign in with one: hash it cheaply."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 __all__ = [
     "TIMEOUT",
     "Chat",
-    "_close_worker_connection",
+    "_fast_password_hashing",
     "accept",
     "assert_refused",
     "chat_create",
@@ -258,6 +274,8 @@ __all__ = [
     "hang_up",
     "open_chat",
     "quiet",
+    "release_connections",
+    "send_and_echo",
     "send_text",
     "socket_path",
     "still_open",

@@ -92,3 +92,10 @@ def icd10() -> None:
 
     if not Icd10Code.objects.filter(code="I10").exists():
         icd10_load(model=Icd10Code)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """Factories give every account a password; a cheap hasher keeps tests fast. (What is
+    tested about passwords is who may sign in, not the hasher's cost.)"""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -220,43 +220,43 @@ def worker_database_url() -> str:
 
 
 @contextlib.contextmanager
-def celery_worker(*, env: dict[str, str]) -> Iterator[str]:
-    """A real ``celery -A backend worker`` on a queue of its own, as tests/test_worker.py
-    starts it; yields the queue name and stops the worker afterwards."""
+def celery_worker(*, env: dict[str, str], log: Path) -> Iterator[str]:
+    """A real ``celery -A backend worker`` on a queue of its own, started as
+    tests/test_worker.py starts it; yields the queue name and stops the worker afterwards.
+    Its output goes to ``log`` (a file, so a chatty worker never blocks on a full pipe)."""
     queue = f"test-consult-{os.getpid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "backend",
-            "worker",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-Q",
-            queue,
-            "-l",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield queue
-    finally:
-        proc.terminate()
+    with log.open("wb") as output:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "backend",
+                "worker",
+                "--pool",
+                "solo",
+                "--without-gossip",
+                "--without-mingle",
+                "-Q",
+                queue,
+                "-l",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+            yield queue
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 __all__ = [
@@ -278,3 +278,10 @@ __all__ = [
     "status_of",
     "worker_database_url",
 ]
+
+
+@pytest.fixture
+def fast_password_hashing(settings: Any) -> None:
+    """The factories give every account a password; nothing here signs in with one, so a
+    cheap hasher keeps each test well under a second."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

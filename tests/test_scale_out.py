@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from websockets.asyncio.client import connect
+from websockets.typing import Origin
 
 from backend.identity.services import api_token_create
 from tests.conftest import require_redis, uses_postgres
@@ -167,8 +168,10 @@ async def test_patient_and_doctor_on_two_processes_chat_and_see_state_changes(tw
 
         path = f"/ws/consultations/{cid}/?ticket="
         async with (
-            connect(f"ws://{server_a}{path}{p_ticket}", origin="http://127.0.0.1") as patient,
-            connect(f"ws://{server_b}{path}{d_ticket}", origin="http://127.0.0.1") as doc,
+            connect(
+                f"ws://{server_a}{path}{p_ticket}", origin=Origin("http://127.0.0.1")
+            ) as patient,
+            connect(f"ws://{server_b}{path}{d_ticket}", origin=Origin("http://127.0.0.1")) as doc,
         ):
             p_in, d_in = Inbox(patient), Inbox(doc)
             sync = (await p_in.wait_for(lambda f: f["type"] == "sync"))[0]

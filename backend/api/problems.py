@@ -54,6 +54,10 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 }
 
 
+#: RFC 9457 members and ours that an ``extra`` may never replace.
+_CORE_MEMBERS = frozenset({"type", "title", "status", "detail", "code", "instance", "errors"})
+
+
 def problem_type(code: str) -> str:
     return f"/problems/{code}"
 
@@ -112,7 +116,7 @@ def problem_body(
     if errors:
         body["errors"] = errors
     if extra:
-        body.update(extra)
+        body.update({k: v for k, v in extra.items() if k not in _CORE_MEMBERS})
     return body
 
 
