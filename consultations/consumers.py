@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connection
 
 from backend.api.problems import DomainError
 from backend.notifications.services import presence_enter, presence_heartbeat, presence_leave
@@ -53,6 +54,17 @@ def _backlog_sync(consultation_id: str, after_seq: int) -> list[dict[str, Any]]:
         if len(batch) < 1000:
             return payloads
         after_seq = batch[-1].seq
+
+
+def _message_writer() -> Any:
+    """Message writes of different consultations run in parallel on PostgreSQL (the row
+    lock orders those of one consultation, and this socket awaits each in turn). SQLite
+    allows one writer at a time anyway, so there they stay on the single database thread."""
+    if connection.vendor == "sqlite":
+        return database_sync_to_async(messaging.message_send)
+    return database_sync_to_async(
+        messaging.message_send, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
+    )
 
 
 _open = database_sync_to_async(_open_sync)
@@ -145,11 +157,7 @@ class ConsultationConsumer(JsonConsumer):
             await self.send_error("malformed_frame", "text must be a string.", raw_id)
             return
         try:
-            # Not thread-sensitive: sends of different consultations run in parallel (the
-            # row lock orders those of one consultation; this socket awaits each in turn).
-            sent = await database_sync_to_async(
-                messaging.message_send, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
-            )(
+            sent = await _message_writer()(
                 consultation_id=self.consultation_id,
                 sender=self.scope["user"],
                 client_msg_id=client_msg_id,

@@ -138,6 +138,15 @@ def message_send(
             f"Text is limited to {settings.CHAT_MAX_TEXT_CHARS} characters.",
             errors={"text": ["Too long."]},
         )
+    if attachment_id is not None:
+        try:
+            attachment_id = UUID(str(attachment_id))
+        except ValueError as exc:
+            raise DomainError(
+                "validation_error",
+                "attachment_id must be a UUID.",
+                errors={"attachment_id": ["Must be a UUID."]},
+            ) from exc
     if kind == MessageKind.TEXT and not text.strip():
         raise DomainError(
             "validation_error", "A text message needs text.", errors={"text": ["Required."]}

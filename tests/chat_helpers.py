@@ -68,18 +68,8 @@ def _chat_create(
     A new department in a new hospital unless one is given; a new patient unless given."""
     department = department or DepartmentFactory()
     doctor = ready_doctor(department)
-    if account is not None and profile is not None:
-        pass
-    elif child:
-        # A guardian's account holding a child's profile (and only that).
-        account, profile, _ = patient_with_record(
-            relation=Relation.CHILD,
-            real_name="王小明",
-            birth_date=dt.date(2016, 3, 15),
-            id_number=resident_id("33010620160315123"),
-        )
-    else:
-        account, profile, _ = patient_with_record()
+    if account is None or profile is None:
+        account, profile = _patient(child=child)
     patient_api = client_for(account)
     doctor_api = client_for(doctor.user)
     response = request_consultation(patient_api, profile, department, complaint="复诊续方")
@@ -97,6 +87,20 @@ def _chat_create(
     if accept:
         _accept(chat)
     return chat
+
+
+def _patient(*, child: bool) -> tuple[User, PatientProfile]:
+    if child:
+        # A guardian's account holding a child's profile (and only that).
+        account, profile, _ = patient_with_record(
+            relation=Relation.CHILD,
+            real_name="王小明",
+            birth_date=dt.date(2016, 3, 15),
+            id_number=resident_id("33010620160315123"),
+        )
+    else:
+        account, profile, _ = patient_with_record()
+    return account, profile
 
 
 def _accept(chat: Chat) -> None:
@@ -145,8 +149,7 @@ def _stored(consultation_id: str) -> list[tuple[int, str | None, str, str]]:
     ]
 
 
-# ``database_sync_to_async`` closes the worker thread's connection afterwards, as the
-# consumers' own calls do: none is left open to hold up dropping the test database.
+# Through ``database_sync_to_async``, as the consumers' own database calls.
 chat_create = database_sync_to_async(_chat_create)
 accept = database_sync_to_async(_accept)
 ticket = database_sync_to_async(_ticket)
@@ -227,11 +230,11 @@ async def send_text(
 
 
 async def send_and_echo(
-    communicator: WebsocketCommunicator, text: str
+    communicator: WebsocketCommunicator, text: str, client_msg_id: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send a text message that is accepted; return its ack and the ``message.new`` the
     sender gets for it (a sender's socket gets its own messages too)."""
-    ack = await send_text(communicator, text)
+    ack = await send_text(communicator, text, client_msg_id)
     assert ack["type"] == "message.ack", ack
     new = await expect(communicator, "message.new")
     assert new["message"]["seq"] == ack["seq"], (ack, new)

@@ -99,3 +99,17 @@ def _fast_password_hashing(settings: Any) -> None:
     """Factories give every account a password; a cheap hasher keeps tests fast. (What is
     tested about passwords is who may sign in, not the hasher's cost.)"""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_connection_pool(django_db_setup: Any, django_db_blocker: Any) -> Any:
+    """Close PostgreSQL's connection pool (its connections outlive the threads that used
+    them) before the test database is dropped, so the drop is not refused."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            close_pool = getattr(conn, "close_pool", None)
+            if close_pool is not None:
+                close_pool()

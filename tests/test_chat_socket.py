@@ -36,7 +36,7 @@ from tests.chat_helpers import (
     text_frame,
     ticket,
 )
-from tests.consult_helpers import patient_with_record, ready_doctor
+from tests.consult_helpers import client_for, patient_with_record, ready_doctor
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -88,8 +88,6 @@ async def test_another_patient_is_not_a_participant_4403() -> None:
 
     def other_patients_ticket() -> str:
         other, _, _ = patient_with_record()
-        from tests.consult_helpers import client_for
-
         # The HTTP endpoint does not hand them one...
         refused = client_for(other).post(f"/api/mobile/v1/consultations/{chat.id}/ws-ticket")
         assert refused.status_code == 404, refused.content
@@ -328,6 +326,34 @@ async def test_a_burst_over_the_rate_limit_drops_frames_visibly_and_loses_no_ack
     await hang_up(socket)
 
 
+@pytest.mark.parametrize("kind", ["image", "file"])
+async def test_an_attachment_id_that_is_not_a_uuid_is_a_validation_error(kind: str) -> None:
+    chat = await chat_create()
+    socket, _ = await open_chat(chat, "patient")
+    client_msg_id = str(uuid.uuid4())
+
+    await socket.send_json_to(
+        {
+            "type": "message.send",
+            "client_msg_id": client_msg_id,
+            "kind": kind,
+            "attachment_id": "not-a-uuid",
+        }
+    )
+
+    # (Short timeout: the refusal comes at once, and a crashed consumer is only noticed
+    # when the wait ends.)
+    error = await socket.receive_json_from(timeout=1)
+    assert (error["type"], error["code"], error["client_msg_id"]) == (
+        "error",
+        "validation_error",
+        client_msg_id,
+    )
+    await still_open(socket)
+    assert await stored(chat.id) == []
+    await hang_up(socket)
+
+
 # --- Typing, calls, reading -----------------------------------------------------------------
 
 
@@ -460,6 +486,9 @@ async def test_messages_after_the_consultation_ended_are_refused_and_not_stored(
     chat = await chat_create()
     patient, _ = await open_chat(chat, "patient")
     doctor, _ = await open_chat(chat, "doctor")
+    earlier_id = str(uuid.uuid4())
+    earlier, _ = await send_and_echo(patient, "最后一个问题", earlier_id)
+    await expect(doctor, "message.new")
     ended = await database_sync_to_async(chat.doctor_api.post)(
         f"/api/console/v1/consultations/{chat.id}/end",
         {
@@ -486,8 +515,10 @@ async def test_messages_after_the_consultation_ended_are_refused_and_not_stored(
             "consultation_not_open",
             client_msg_id,
         )
+    # What was stored before the end is still acked when the app resends it.
+    assert await send_text(patient, "最后一个问题", earlier_id) == earlier
     await quiet(patient)
-    assert await stored(chat.id) == []
+    assert [seq for seq, *_ in await stored(chat.id)] == [1]
     await hang_up(patient)
     await hang_up(doctor)
 
