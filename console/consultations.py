@@ -25,6 +25,7 @@ from consultations.selectors import consultation_visible_to, consultations_of_do
 from consultations.serializers import (
     AcceptInput,
     ConsultationOutput,
+    ConsultationStateSerializer,
     EndInput,
     ReasonInput,
     consultation_state,
@@ -95,11 +96,6 @@ class DutyApi(ApiView):
             meta=RequestMeta.from_request(request),
         )
         return Response({"on_duty": practitioner.on_duty})
-
-
-class ConsultationStateSerializer(serializers.BaseSerializer):  # type: ignore[type-arg]
-    def to_representation(self, instance: Consultation) -> dict[str, Any]:
-        return consultation_state(instance)
 
 
 class OldestFirst(CursorPage):

@@ -51,6 +51,13 @@ def consultation_state(consultation: Consultation) -> dict[str, Any]:
     }
 
 
+class ConsultationStateSerializer(serializers.BaseSerializer):  # type: ignore[type-arg]
+    """List views render each row with ``consultation_state``."""
+
+    def to_representation(self, instance: Consultation) -> dict[str, Any]:
+        return consultation_state(instance)
+
+
 class PersonRefOutput(serializers.Serializer):  # type: ignore[type-arg]
     id = serializers.UUIDField()
     name = serializers.CharField()

@@ -7,7 +7,6 @@ from uuid import UUID
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
-from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -23,6 +22,7 @@ from consultations.selectors import consultation_visible_to, consultations_of_ac
 from consultations.serializers import (
     ConsultationOutput,
     ConsultationRequestInput,
+    ConsultationStateSerializer,
     OptionalReasonInput,
     consultation_state,
 )
@@ -32,11 +32,6 @@ from mobile_api.permissions import IsPatient
 
 class ByRequestTime(CursorPage):
     ordering = ("-requested_at", "id")
-
-
-class ConsultationStateSerializer(serializers.BaseSerializer):  # type: ignore[type-arg]
-    def to_representation(self, instance: Consultation) -> dict[str, Any]:
-        return consultation_state(instance)
 
 
 def _get(model: Any, pk: Any, field: str) -> Any:
