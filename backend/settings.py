@@ -133,6 +133,7 @@ INSTALLED_APPS = [
     "backend.organisations",
     "backend.patients",
     "backend.notifications",
+    "backend.pki",
     "backend.demo",
     # Bounded contexts and edges
     "consultations",
@@ -278,6 +279,14 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "backend.notifications.tasks.purge_stale_presence",
         "schedule": 600.0,
     },
+    "expire-prescriptions": {
+        "task": "prescriptions.tasks.expire_prescriptions",
+        "schedule": 60.0,
+    },
+    "release-idle-claims": {
+        "task": "prescriptions.tasks.release_idle_claims",
+        "schedule": 60.0,
+    },
     "purge-expired-idempotency-keys": {
         "task": "backend.api.tasks.purge_expired_idempotency_keys",
         "schedule": 3600.0,
@@ -383,6 +392,30 @@ CHAT_MAX_TEXT_CHARS = env_int("CHAT_MAX_TEXT_CHARS", 4000)
 CHAT_MAX_FRAMES_PER_SECOND = env_int("CHAT_MAX_FRAMES_PER_SECOND", 20)
 CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 16)
 
+# --- Signatures and prescriptions --------------------------------------------------------
+#: Algorithm of new CAs and certificates: ecdsa-p256-sha256 (default) or ed25519.
+SIGNING_ALGORITHM = os.environ.get("SIGNING_ALGORITHM", "ecdsa-p256-sha256")
+SIGNING_CERT_VALIDITY_DAYS = env_int("SIGNING_CERT_VALIDITY_DAYS", 365)
+#: How long after the second factor a signing act may still sign (one signature).
+SIGNING_ACT_MAX_AGE_SECONDS = env_int("SIGNING_ACT_MAX_AGE_SECONDS", 60)
+#: Where personal signing keys live; a hospital CA signing service plugs in here.
+SIGNER_BACKEND = os.environ.get("SIGNER_BACKEND", "backend.pki.services.LocalSigner")
+#: The treating doctor may still prescribe this long after the consultation ended.
+PRESCRIPTION_GRACE_MINUTES = env_int("PRESCRIPTION_GRACE_MINUTES", 60)
+#: Longest validity the doctor may give (处方管理办法 第18条: at most 3 days).
+PRESCRIPTION_MAX_VALIDITY_DAYS = env_int("PRESCRIPTION_MAX_VALIDITY_DAYS", 3)
+#: Normal supply limit, and the limit for a stable chronic disease with a reason.
+PRESCRIPTION_MAX_DAYS = env_int("PRESCRIPTION_MAX_DAYS", 7)
+PRESCRIPTION_MAX_CHRONIC_DAYS = env_int("PRESCRIPTION_MAX_CHRONIC_DAYS", 84)
+#: Age (years) under which a guardian and a specialist must be recorded.
+PRESCRIPTION_CHILD_AGE = env_int("PRESCRIPTION_CHILD_AGE", 6)
+#: A pharmacy's claim with no activity for this long goes back to active.
+PRESCRIPTION_CLAIM_IDLE_MINUTES = env_int("PRESCRIPTION_CLAIM_IDLE_MINUTES", 120)
+#: Wrong access codes allowed per window, per pharmacy and per prescription.
+ACCESS_CODE_WINDOW_SECONDS = env_int("ACCESS_CODE_WINDOW_SECONDS", 900)
+ACCESS_CODE_MAX_FAILURES_PER_PHARMACY = env_int("ACCESS_CODE_MAX_FAILURES_PER_PHARMACY", 20)
+ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION = env_int("ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION", 5)
+
 # --- HTTP API --------------------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)
 REST_FRAMEWORK: dict[str, Any] = {
@@ -418,6 +451,9 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {
+        "PrescriptionStatusEnum": "prescriptions.models.PrescriptionStatus",
+    },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/mobile/v1/", include("mobile_api.urls")),
     path("api/console/v1/", include("console.urls")),
+    path("api/pharmacy/v1/", include("prescriptions.pharmacy_urls")),
+    path("api/pki/v1/", include("backend.pki.urls")),
     path("admin/", admin.site.urls),
 ]
 

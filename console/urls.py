@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console import api, consultations
+from console import api, consultations, prescriptions
 from consultations import api as chat
 
 app_name = "console"
@@ -59,4 +59,41 @@ urlpatterns = [
         chat.AttachmentDownloadApi.as_view(),
         name="consultation-attachment",
     ),
+    path("prescriptions", prescriptions.PrescriptionsApi.as_view(), name="prescriptions"),
+    path(
+        "prescriptions/<uuid:prescription_id>",
+        prescriptions.PrescriptionDetailApi.as_view(),
+        name="prescription",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/sign",
+        prescriptions.SignApi.as_view(),
+        name="prescription-sign",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/approve",
+        prescriptions.ApproveApi.as_view(),
+        name="prescription-approve",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/reject",
+        prescriptions.RejectApi.as_view(),
+        name="prescription-reject",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/revise",
+        prescriptions.ReviseApi.as_view(),
+        name="prescription-revise",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/cancel",
+        prescriptions.CancelApi.as_view(),
+        name="prescription-cancel",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/bundle",
+        prescriptions.BundleApi.as_view(),
+        name="prescription-bundle",
+    ),
+    path("reviews", prescriptions.ReviewsApi.as_view(), name="reviews"),
 ]

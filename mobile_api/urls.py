@@ -1,7 +1,7 @@
 from django.urls import path
 
 from consultations import api as chat
-from mobile_api import api, consultations, devices, directory, patients
+from mobile_api import api, consultations, devices, directory, patients, prescriptions
 
 app_name = "mobile"
 
@@ -50,4 +50,31 @@ urlpatterns = [
         chat.AttachmentDownloadApi.as_view(),
         name="consultation-attachment",
     ),
+    path("prescriptions", prescriptions.PatientPrescriptionsApi.as_view(), name="prescriptions"),
+    path(
+        "prescriptions/<uuid:prescription_id>",
+        prescriptions.PatientPrescriptionApi.as_view(),
+        name="prescription",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/qr.png",
+        prescriptions.QrPngApi.as_view(),
+        name="prescription-qr-png",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/qr.svg",
+        prescriptions.QrSvgApi.as_view(),
+        name="prescription-qr-svg",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/fulfilment",
+        prescriptions.FulfilmentApi.as_view(),
+        name="prescription-fulfilment",
+    ),
+    path(
+        "prescriptions/<uuid:prescription_id>/cancel",
+        prescriptions.PatientCancelApi.as_view(),
+        name="prescription-cancel",
+    ),
+    path("pharmacies", prescriptions.PharmaciesApi.as_view(), name="pharmacies"),
 ]

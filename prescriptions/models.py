@@ -1,11 +1,25 @@
-"""The drug catalogue (issue 6, item 1). Prescriptions and their lifecycle follow."""
+"""The drug catalogue, prescriptions with their lines, versions (each signed), lifecycle
+events and the dispense ledger.
+
+The lifecycle (DOMAIN.md, "Prescription lifecycle") is enforced in
+``prescriptions.services`` through the ``TRANSITIONS`` table of
+``prescriptions.lifecycle``; nothing else writes ``status``.
+"""
 
 from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+
+from backend.crypto.fields import EncryptedTextField
+from backend.organisations.models import Hospital, Pharmacy, PharmacyStaff, Practitioner
+from backend.patients.models import PatientProfile
+from backend.pki.models import SigningCertificate
+from consultations.models import Consultation
 
 
 class CodeSystem(models.TextChoices):
@@ -59,3 +73,232 @@ class Drug(models.Model):
     @property
     def is_controlled(self) -> bool:
         return self.control_class != ControlClass.NONE
+
+
+class PrescriptionStatus(models.TextChoices):
+    DRAFT = "draft", _("Draft")
+    SIGNED = "signed", _("Signed")
+    UNDER_REVIEW = "under_review", _("Under pharmacist review")
+    REVIEW_REJECTED = "review_rejected", _("Rejected by review")
+    ACTIVE = "active", _("Active")
+    CLAIMED = "claimed", _("Claimed by a pharmacy")
+    DISPENSED = "dispensed", _("Dispensed")
+    SHIPPED = "shipped", _("Shipped")
+    DELIVERED = "delivered", _("Delivered")
+    CANCELLED = "cancelled", _("Cancelled")
+    EXPIRED = "expired", _("Expired")
+
+
+class Fulfilment(models.TextChoices):
+    PICKUP = "pickup", _("Pick-up at a pharmacy")
+    DELIVERY = "delivery", _("Home delivery")
+
+
+class Prescription(models.Model):
+    """One prescription; each signed version is a ``PrescriptionVersion`` row."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    consultation = models.ForeignKey(
+        Consultation, on_delete=models.PROTECT, related_name="prescriptions"
+    )
+    hospital = models.ForeignKey(Hospital, on_delete=models.PROTECT, related_name="+")
+    profile = models.ForeignKey(
+        PatientProfile, on_delete=models.PROTECT, related_name="prescriptions"
+    )
+    doctor = models.ForeignKey(Practitioner, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(
+        max_length=20,
+        choices=PrescriptionStatus.choices,
+        default=PrescriptionStatus.DRAFT,
+        db_index=True,
+    )
+    status_reason = models.CharField(max_length=500, blank=True)
+    version = models.PositiveIntegerField(default=1)
+    kind = models.CharField(max_length=20, default="western")
+    diagnoses = models.JSONField(default=list)
+    validity_days = models.PositiveSmallIntegerField(default=1)
+    chronic_reason = models.CharField(max_length=500, blank=True)
+    guardian = models.JSONField(null=True, blank=True)
+    specialist = models.JSONField(null=True, blank=True)
+    total = models.PositiveIntegerField(_("total (fen)"), default=0)
+    issued_at = models.DateTimeField(null=True, blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True, db_index=True)
+    #: 128-bit code the patient gives a pharmacy; shown to the patient once active.
+    access_code = EncryptedTextField(blank=True)
+    fulfilment = models.CharField(max_length=10, choices=Fulfilment.choices, blank=True)
+    pickup_pharmacy = models.ForeignKey(
+        Pharmacy, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    delivery_address = EncryptedTextField(blank=True)
+    claimed_by = models.ForeignKey(
+        Pharmacy, on_delete=models.PROTECT, null=True, blank=True, related_name="claims"
+    )
+    claim_secret = EncryptedTextField(blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim_touched_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_reason = models.CharField(max_length=500, blank=True)
+    dispensed_at = models.DateTimeField(null=True, blank=True)
+    dispensed_by = models.ForeignKey(
+        Pharmacy, on_delete=models.PROTECT, null=True, blank=True, related_name="dispensed"
+    )
+    courier = models.CharField(max_length=50, blank=True)
+    tracking_number = models.CharField(max_length=64, blank=True)
+    shipped_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    receipt = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("prescription")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Prescription {self.pk} v{self.version} ({self.status})"
+
+
+class PrescriptionLine(models.Model):
+    prescription = models.ForeignKey(Prescription, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    drug = models.ForeignKey(Drug, on_delete=models.PROTECT, related_name="+")
+    #: What the catalogue said when the line was written (the signed content uses it).
+    drug_code = models.CharField(max_length=32)
+    drug_name = models.CharField(max_length=200)
+    specification = models.CharField(max_length=100)
+    unit = models.CharField(max_length=20)
+    unit_price = models.PositiveIntegerField()
+    dose = models.DecimalField(max_digits=10, decimal_places=3)
+    dose_unit = models.CharField(max_length=20)
+    frequency = models.CharField(max_length=30)
+    route = models.CharField(max_length=30)
+    days = models.PositiveSmallIntegerField()
+    quantity = models.PositiveIntegerField()
+    dispensed_quantity = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["prescription", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prescription", "position"], name="prescription_line_position"
+            ),
+            models.CheckConstraint(
+                condition=Q(dispensed_quantity__lte=models.F("quantity")),
+                name="dispensed_within_prescribed",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.drug_name} × {self.quantity}"
+
+
+class PrescriptionVersion(models.Model):
+    """One signed version: the exact signed bytes, the doctor's signature, and the
+    pharmacist's review with its countersignature."""
+
+    prescription = models.ForeignKey(
+        Prescription, on_delete=models.PROTECT, related_name="versions"
+    )
+    version = models.PositiveIntegerField()
+    signed_bytes = models.BinaryField()
+    doctor_signature = models.BinaryField()
+    doctor_certificate = models.ForeignKey(
+        SigningCertificate, on_delete=models.PROTECT, related_name="+"
+    )
+    signed_at = models.DateTimeField()
+    review_result = models.CharField(max_length=10, blank=True)  # approved | rejected
+    review_reason = models.CharField(max_length=500, blank=True)
+    reviewed_by = models.ForeignKey(
+        Practitioner, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_bytes = models.BinaryField(null=True, blank=True)
+    pharmacist_signature = models.BinaryField(null=True, blank=True)
+    pharmacist_certificate = models.ForeignKey(
+        SigningCertificate, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    superseded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["prescription", "version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prescription", "version"], name="prescription_version_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prescription_id} v{self.version}"
+
+
+class PrescriptionEvent(models.Model):
+    """One row per lifecycle change: who, when, from, to, why (the audit trail's source
+    and the regulator records')."""
+
+    prescription = models.ForeignKey(Prescription, on_delete=models.PROTECT, related_name="events")
+    action = models.CharField(max_length=30)
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    pharmacy = models.ForeignKey(
+        Pharmacy, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    reason = models.CharField(max_length=500, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.prescription_id}: {self.action}"
+
+
+class DispenseEntry(models.Model):
+    """The per-line dispense ledger: what left which pharmacy, from which batch, by whom."""
+
+    line = models.ForeignKey(PrescriptionLine, on_delete=models.PROTECT, related_name="dispenses")
+    pharmacy = models.ForeignKey(Pharmacy, on_delete=models.PROTECT, related_name="+")
+    staff = models.ForeignKey(
+        PharmacyStaff, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    quantity = models.PositiveIntegerField()
+    batch_number = models.CharField(max_length=64)
+    pharmacist_name = models.CharField(max_length=100)
+    pharmacist_licence = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["line", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.line_id}: {self.quantity} from {self.batch_number}"
+
+
+class AccessCodeFailure(models.Model):
+    """A wrong access code: counted for the rate limit per pharmacy and per prescription."""
+
+    pharmacy = models.ForeignKey(Pharmacy, on_delete=models.CASCADE, related_name="+")
+    prescription_id = models.UUIDField(db_index=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["pharmacy", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.pharmacy_id} → {self.prescription_id}"
+
+
+class ControlledDrugAttempt(models.Model):
+    """A refused attempt to prescribe a specially controlled drug (DOMAIN rule 7): kept
+    even though the draft was refused, for the hospital and the regulator alert."""
+
+    consultation = models.ForeignKey(Consultation, on_delete=models.PROTECT, related_name="+")
+    doctor = models.ForeignKey(Practitioner, on_delete=models.PROTECT, related_name="+")
+    drugs = models.JSONField()
+    created_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"controlled drug attempt by {self.doctor_id}"

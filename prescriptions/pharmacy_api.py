@@ -1,0 +1,219 @@
+"""The pharmacy API (CONTRACT section 5): retail and hospital pharmacies' systems claim a
+prescription with the patient's access code, verify its bundle offline, dispense it with
+a per-line ledger and report delivery. Machine clients use an API token of a pharmacy
+staff account; every mutation accepts ``Idempotency-Key``."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from drf_spectacular.utils import OpenApiExample, extend_schema
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from backend.api.views import ApiView
+from backend.audit.services import RequestMeta
+from backend.identity.authentication import request_account
+from backend.identity.models import Role
+from prescriptions.selectors import prescription_bundle_of
+from prescriptions.serializers import (
+    BundleOutput,
+    ClaimInput,
+    ClaimOutput,
+    DispenseInput,
+    PrescriptionOutput,
+    ReleaseInput,
+    SecretInput,
+    ShipInput,
+    delivery_address,
+    prescription_state,
+)
+from prescriptions.services import (
+    DispenseItem,
+    prescription_claim,
+    prescription_deliver,
+    prescription_dispense,
+    prescription_for_pharmacy,
+    prescription_release,
+    prescription_ship,
+)
+
+
+class IsPharmacyStaff(BasePermission):
+    message = "This is for pharmacy staff."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(
+            user and user.is_authenticated and getattr(user, "role", None) == Role.PHARMACY_STAFF
+        )
+
+
+def _for_pharmacy(request: Request, prescription_id: UUID | str) -> dict[str, Any]:
+    prescription = prescription_for_pharmacy(
+        user=request_account(request), prescription_id=prescription_id, touch=False
+    )
+    body = prescription_state(prescription)
+    body["delivery_address"] = delivery_address(prescription)
+    return body
+
+
+class ClaimApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_claim",
+        request=ClaimInput,
+        responses={200: ClaimOutput},
+        examples=[
+            OpenApiExample(
+                "Claim with the patient's access code",
+                request_only=True,
+                value={
+                    "prescription_id": "3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    "access_code": "q3Xv1mYc2aH0pJ7kLr9sTw",
+                },
+            )
+        ],
+    )
+    def post(self, request: Request) -> Response:
+        data = ClaimInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        claim = prescription_claim(
+            user=request_account(request),
+            prescription_id=data.validated_data["prescription_id"],
+            access_code=data.validated_data["access_code"],
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(
+            {
+                "claim_secret": claim.claim_secret,
+                "prescription": _for_pharmacy(request, claim.prescription.pk),
+            }
+        )
+
+
+class PharmacyPrescriptionApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_retrieve", responses={200: PrescriptionOutput}
+    )
+    def get(self, request: Request, prescription_id: UUID) -> Response:
+        prescription_for_pharmacy(user=request_account(request), prescription_id=prescription_id)
+        return Response(_for_pharmacy(request, prescription_id))
+
+
+class PharmacyBundleApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(operation_id="pharmacy_prescriptions_bundle", responses={200: BundleOutput})
+    def get(self, request: Request, prescription_id: UUID) -> Response:
+        prescription = prescription_for_pharmacy(
+            user=request_account(request), prescription_id=prescription_id
+        )
+        return Response(prescription_bundle_of(prescription=prescription))
+
+
+class DispenseApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_dispense",
+        request=DispenseInput,
+        responses={200: PrescriptionOutput},
+        examples=[
+            OpenApiExample(
+                "Dispense every line",
+                request_only=True,
+                value={
+                    "claim_secret": "…",
+                    "items": [{"line": 1, "quantity": 1, "batch_number": "B2026-1102"}],
+                    "pharmacist": {"name": "王药师", "licence_number": "YS330100123"},
+                },
+            )
+        ],
+    )
+    def post(self, request: Request, prescription_id: UUID) -> Response:
+        data = DispenseInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        prescription_dispense(
+            user=request_account(request),
+            prescription_id=prescription_id,
+            claim_secret=v["claim_secret"],
+            items=[
+                DispenseItem(line=i["line"], quantity=i["quantity"], batch_number=i["batch_number"])
+                for i in v["items"]
+            ],
+            pharmacist_name=v["pharmacist"]["name"],
+            pharmacist_licence=v["pharmacist"]["licence_number"],
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(_for_pharmacy(request, prescription_id))
+
+
+class ReleaseApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_release",
+        request=ReleaseInput,
+        responses={200: PrescriptionOutput},
+    )
+    def post(self, request: Request, prescription_id: UUID) -> Response:
+        data = ReleaseInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        prescription = prescription_release(
+            user=request_account(request),
+            prescription_id=prescription_id,
+            claim_secret=data.validated_data["claim_secret"],
+            reason=data.validated_data.get("reason", ""),
+            meta=RequestMeta.from_request(request),
+        )
+        # The claim is gone: answer with what any pharmacy may know.
+        return Response(prescription_state(prescription))
+
+
+class ShipApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_ship",
+        request=ShipInput,
+        responses={200: PrescriptionOutput},
+    )
+    def post(self, request: Request, prescription_id: UUID) -> Response:
+        data = ShipInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        prescription_ship(
+            user=request_account(request),
+            prescription_id=prescription_id,
+            claim_secret=data.validated_data["claim_secret"],
+            courier=data.validated_data["courier"],
+            tracking_number=data.validated_data["tracking_number"],
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(_for_pharmacy(request, prescription_id))
+
+
+class DeliverApi(ApiView):
+    permission_classes = [IsPharmacyStaff]
+
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_deliver",
+        request=SecretInput,
+        responses={200: PrescriptionOutput},
+    )
+    def post(self, request: Request, prescription_id: UUID) -> Response:
+        data = SecretInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        prescription_deliver(
+            user=request_account(request),
+            prescription_id=prescription_id,
+            claim_secret=data.validated_data["claim_secret"],
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(_for_pharmacy(request, prescription_id))

@@ -1,0 +1,184 @@
+"""The prescribing rules of DOMAIN.md (rules 7–9 and the doctor's warnings), as checks.
+
+``prescription_checks`` evaluates every rule on a draft and returns one ``Check`` per rule
+(and per offending line), so the console can show the doctor, as they type, which rule
+passes, warns or blocks. Blocking checks carry the stable error code the services raise.
+The treating-doctor and signature rules (5, 6) are enforced by the services themselves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+from backend.api.problems import DomainError
+from backend.patients.models import PatientProfile
+from prescriptions.models import Drug
+
+
+@dataclass(frozen=True)
+class LineDraft:
+    drug: Drug
+    dose: Decimal
+    dose_unit: str
+    frequency: str
+    route: str
+    days: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Check:
+    rule: str
+    name: str
+    outcome: str  # "pass", "warning" or "error"
+    message: str
+    line: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RULE_NAMES = {
+    "controlled_drug_forbidden": "特殊管理药品不得在线开具 (No specially controlled drugs online)",
+    "validity_too_long": "处方有效期不超过3天 (Validity at most 3 days)",
+    "supply_too_long": "用量一般不超过7日，慢性病需注明理由 (Supply limit)",
+    "guardian_required": "6岁以下儿童须监护人和相关专业医师陪伴 (Child under 6)",
+    "duplicate_drug": "重复用药 (Duplicate drug)",
+    "allergy_conflict": "过敏史冲突 (Known allergy)",
+}
+
+
+def _age_on(birth: dt.date, day: dt.date) -> int:
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def _mentions(allergen: str, drug: Drug) -> bool:
+    allergen = allergen.strip().lower()
+    if len(allergen) < 2:
+        return False
+    names = [drug.generic_name.lower(), drug.trade_name.lower()]
+    return any(name and (allergen in name or name in allergen) for name in names)
+
+
+def prescription_checks(
+    *,
+    profile: PatientProfile,
+    lines: list[LineDraft],
+    validity_days: int,
+    chronic_reason: str,
+    guardian: dict[str, Any] | None,
+    specialist: dict[str, Any] | None,
+    today: dt.date,
+) -> list[Check]:
+    checks: list[Check] = []
+
+    def add(rule: str, outcome: str, message: str, line: int | None = None) -> None:
+        checks.append(Check(rule, RULE_NAMES[rule], outcome, message, line))
+
+    controlled = [(n, ln.drug) for n, ln in enumerate(lines, 1) if ln.drug.is_controlled]
+    for n, drug in controlled:
+        add(
+            "controlled_drug_forbidden",
+            "error",
+            f"{drug.generic_name} is {drug.get_control_class_display()}: "
+            "it cannot be prescribed online.",
+            n,
+        )
+    if not controlled:
+        add("controlled_drug_forbidden", "pass", "No specially controlled drug.")
+
+    limit = settings.PRESCRIPTION_MAX_VALIDITY_DAYS
+    if validity_days > limit:
+        add("validity_too_long", "error", f"Validity is {validity_days} days; at most {limit}.")
+    else:
+        add("validity_too_long", "pass", f"Valid for {validity_days} day(s).")
+
+    normal, chronic = settings.PRESCRIPTION_MAX_DAYS, settings.PRESCRIPTION_MAX_CHRONIC_DAYS
+    supply_ok = True
+    for n, line in enumerate(lines, 1):
+        if line.days > chronic:
+            add(
+                "supply_too_long",
+                "error",
+                f"{line.days} days' supply is over the maximum of {chronic} days.",
+                n,
+            )
+            supply_ok = False
+        elif line.days > normal and not chronic_reason.strip():
+            add(
+                "supply_too_long",
+                "error",
+                f"{line.days} days' supply needs a chronic-disease reason (over {normal} days).",
+                n,
+            )
+            supply_ok = False
+    if supply_ok:
+        add("supply_too_long", "pass", "Supply within the limits.")
+
+    age = _age_on(profile.birth_date, today)
+    if age < settings.PRESCRIPTION_CHILD_AGE:
+        missing = [
+            who
+            for who, value in (("guardian", guardian), ("specialist", specialist))
+            if not (value and str(value.get("name", "")).strip())
+        ]
+        if missing:
+            add(
+                "guardian_required",
+                "error",
+                f"The patient is {age}: record the {' and the '.join(missing)} present.",
+            )
+        else:
+            add("guardian_required", "pass", "Guardian and specialist recorded.")
+    else:
+        add("guardian_required", "pass", "Not a child under 6.")
+
+    seen: dict[str, int] = {}
+    duplicate = False
+    for n, line in enumerate(lines, 1):
+        key = line.drug.generic_name.strip().lower()
+        if key in seen:
+            duplicate = True
+            add(
+                "duplicate_drug",
+                "warning",
+                f"{line.drug.generic_name} is also on line {seen[key]}.",
+                n,
+            )
+        else:
+            seen[key] = n
+    if not duplicate:
+        add("duplicate_drug", "pass", "No drug appears twice.")
+
+    conflict = False
+    for n, line in enumerate(lines, 1):
+        for allergen in profile.allergies or []:
+            if _mentions(str(allergen), line.drug):
+                conflict = True
+                add(
+                    "allergy_conflict",
+                    "warning",
+                    f"The patient is allergic to {allergen}: {line.drug.generic_name}.",
+                    n,
+                )
+    if not conflict:
+        add("allergy_conflict", "pass", "No known allergy conflicts.")
+    return checks
+
+
+def errors_of(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.outcome == "error"]
+
+
+def raise_for(checks: list[Check]) -> None:
+    """Raise the first blocking rule as its problem, with every check attached."""
+    errors = errors_of(checks)
+    if errors:
+        first = errors[0]
+        detail = "; ".join(c.message for c in errors if c.rule == first.rule)
+        raise DomainError(first.rule, detail, extra={"checks": [c.as_dict() for c in checks]})

@@ -1,0 +1,1292 @@
+"""Writes of the prescriptions context: drafts, the doctor's signature, the pharmacist's
+review, a pharmacy's claim, dispense and delivery, cancel and expiry.
+
+Every status change goes through ``_transition``: the row is locked, the move is checked
+against ``prescriptions.lifecycle.TRANSITIONS``, and an event row, an audit event and
+the after-commit pushes are written. The regulator hook (issue 7) is marked there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from backend.api.problems import DomainError
+from backend.audit.services import RequestMeta, audit_record
+from backend.identity.models import User
+from backend.organisations.models import (
+    Pharmacy,
+    PharmacyStaff,
+    Practitioner,
+    PractitionerKind,
+)
+from backend.pki.services import seal_sign, signature_create, signing_act_authorise
+from consultations.lifecycle import CLOSED as CONSULTATION_CLOSED
+from consultations.models import Consultation, ConsultationStatus
+from prescriptions import push, rules
+from prescriptions.lifecycle import BEFORE_REVIEW, CLOSED, TRANSITIONS
+from prescriptions.models import (
+    AccessCodeFailure,
+    ControlledDrugAttempt,
+    DispenseEntry,
+    Drug,
+    Fulfilment,
+    Prescription,
+    PrescriptionEvent,
+    PrescriptionLine,
+    PrescriptionStatus,
+    PrescriptionVersion,
+)
+from prescriptions.signing import (
+    canonical,
+    prescription_bundle,
+    prescription_content,
+    receipt,
+    review_statement,
+    sealed_receipt,
+)
+from prescriptions.verify import VerificationError, verify_bundle
+
+S = PrescriptionStatus
+
+
+# --- Locks and the one transition -------------------------------------------------------------
+
+
+def _locked(prescription_id: UUID | str) -> Prescription:
+    found = (
+        Prescription.objects.select_for_update(of=("self",))
+        .select_related("profile", "doctor__user", "hospital")
+        .filter(pk=prescription_id)
+        .first()
+    )
+    if found is None:
+        raise DomainError("not_found", "No such prescription.")
+    return found
+
+
+def _transition(
+    prescription: Prescription,
+    action: str,
+    *,
+    actor: User | None,
+    pharmacy: Pharmacy | None = None,
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+    meta: RequestMeta | None = None,
+) -> PrescriptionEvent:
+    """The one place a prescription changes status. Call with the row locked."""
+    transition = TRANSITIONS[action]
+    source = prescription.status
+    if source not in transition.sources:
+        raise _state_error(prescription, action)
+    now = timezone.now()
+    prescription.status = transition.target
+    prescription.status_reason = reason
+    for name, value in (changes or {}).items():
+        setattr(prescription, name, value)
+    prescription.save()
+    event = PrescriptionEvent.objects.create(
+        prescription=prescription,
+        action=action,
+        from_status=source,
+        to_status=transition.target,
+        actor=actor,
+        pharmacy=pharmacy,
+        reason=reason,
+        data=data or {},
+        created_at=now,
+    )
+    audit_record(
+        action=f"prescription.{action}",
+        actor=actor,
+        object_type="prescription",
+        object_id=prescription.pk,
+        before={"status": source},
+        after={
+            "status": transition.target,
+            "version": prescription.version,
+            "reason": reason,
+            "pharmacy": pharmacy.code if pharmacy else None,
+            **(data or {}),
+        },
+        meta=meta,
+    )
+    # Regulator reporting (issue 7) plugs in here, in this same transaction.
+    push.after_change(prescription, event)
+    return event
+
+
+def _state_error(prescription: Prescription, action: str) -> DomainError:
+    status = prescription.status
+    if status == S.CANCELLED:
+        return DomainError("prescription_cancelled")
+    if status == S.EXPIRED:
+        return DomainError("prescription_expired")
+    if action in ("claim", "dispense", "release") and status in BEFORE_REVIEW:
+        return DomainError("not_reviewed")
+    if action == "claim" and status == S.CLAIMED:
+        return DomainError("already_claimed")
+    if action in ("approve", "reject") and status in (S.DRAFT, S.SIGNED):
+        return DomainError("signature_required", "The doctor has not signed it.")
+    return DomainError(
+        "prescription_state_conflict",
+        f"Cannot {action} a prescription that is {status.replace('_', ' ')}.",
+        extra={"prescription_status": status},
+    )
+
+
+# --- Who may act ----------------------------------------------------------------------------
+
+
+def _practitioner(user: User, kind: str) -> Practitioner:
+    practitioner = (
+        Practitioner.objects.select_related("hospital", "user", "department")
+        .filter(user=user, kind=kind)
+        .first()
+    )
+    if practitioner is None:
+        raise DomainError("permission_denied", f"Only a {kind} can do this.")
+    return practitioner
+
+
+def _treating(consultation: Consultation, doctor: Practitioner) -> None:
+    """DOMAIN rule 5: the consultation's own doctor, while it is open or just after."""
+    if consultation.doctor_id != doctor.pk:
+        raise DomainError(
+            "not_treating_doctor", "Only the doctor who holds this consultation may prescribe."
+        )
+    if consultation.status == ConsultationStatus.IN_PROGRESS:
+        return
+    grace = dt.timedelta(minutes=settings.PRESCRIPTION_GRACE_MINUTES)
+    if (
+        consultation.status == ConsultationStatus.ENDED
+        and consultation.closed_at is not None
+        and timezone.now() - consultation.closed_at <= grace
+    ):
+        return
+    if consultation.status in CONSULTATION_CLOSED:
+        raise DomainError(
+            "prescribing_closed",
+            f"The consultation is {consultation.status}; prescribing ended with it"
+            + (
+                f" (or {settings.PRESCRIPTION_GRACE_MINUTES} minutes after it ended)."
+                if consultation.status == ConsultationStatus.ENDED
+                else "."
+            ),
+        )
+    raise DomainError("prescribing_closed", "Accept the consultation before prescribing.")
+
+
+def _pharmacist_of(user: User, prescription: Prescription) -> Practitioner:
+    pharmacist = _practitioner(user, PractitionerKind.PHARMACIST)
+    if pharmacist.hospital_id != prescription.hospital_id:
+        raise DomainError("not_your_review")
+    return pharmacist
+
+
+def staff_of(user: User) -> PharmacyStaff:
+    staff = PharmacyStaff.objects.select_related("pharmacy").filter(user=user).first()
+    if staff is None or not staff.pharmacy.is_active:
+        raise DomainError("permission_denied", "Only the staff of an active pharmacy can do this.")
+    return staff
+
+
+# --- Drafts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draft:
+    prescription: Prescription
+    checks: list[rules.Check]
+
+
+def _line_drafts(lines: list[dict[str, Any]]) -> list[rules.LineDraft]:
+    if not lines:
+        raise DomainError(
+            "validation_error",
+            "A prescription needs at least one line.",
+            errors={"lines": ["Add at least one drug."]},
+        )
+    codes = {str(line.get("drug", "")) for line in lines}
+    by_id: dict[str, Drug] = {}
+    uuids = []
+    for code in codes:
+        try:
+            uuids.append(UUID(code))
+        except ValueError:
+            continue
+    for drug in Drug.objects.filter(is_active=True, pk__in=uuids):
+        by_id[str(drug.pk)] = drug
+    for drug in Drug.objects.filter(is_active=True, code__in=codes):
+        by_id[drug.code] = drug
+    drafts = []
+    errors: dict[str, list[str]] = {}
+    for n, line in enumerate(lines):
+        found = by_id.get(str(line.get("drug", "")))
+        if found is None:
+            errors[f"lines.{n}.drug"] = ["Not an available drug of the catalogue (id or code)."]
+            continue
+        try:
+            dose = Decimal(str(line.get("dose")))
+        except InvalidOperation:
+            errors[f"lines.{n}.dose"] = ["A number, e.g. 0.5."]
+            continue
+        if not dose.is_finite() or dose <= 0 or dose >= Decimal(10) ** 7:
+            errors[f"lines.{n}.dose"] = ["Must be a positive number."]
+            continue
+        drafts.append(
+            rules.LineDraft(
+                drug=found,
+                dose=dose.quantize(Decimal("0.001")),
+                dose_unit=str(line.get("dose_unit", "")).strip(),
+                frequency=str(line.get("frequency", "")).strip(),
+                route=str(line.get("route") or found.route).strip(),
+                days=int(line["days"]),
+                quantity=int(line["quantity"]),
+            )
+        )
+    if errors:
+        unknown = all(k.endswith(".drug") for k in errors)
+        raise DomainError(
+            "unknown_drug" if unknown else "validation_error",
+            "Some lines are not valid.",
+            errors=errors,
+        )
+    return drafts
+
+
+def _record_controlled_attempt(
+    *,
+    consultation: Consultation,
+    doctor: Practitioner,
+    checks: list[rules.Check],
+    drafts: list[rules.LineDraft],
+    meta: RequestMeta | None,
+) -> None:
+    """DOMAIN rule 7: the refusal is kept (in its own transaction) and raises an alert."""
+    controlled = [
+        {"code": d.drug.code, "name": d.drug.generic_name, "class": d.drug.control_class}
+        for d in drafts
+        if d.drug.is_controlled
+    ]
+    if not controlled:
+        return
+    with transaction.atomic():
+        attempt = ControlledDrugAttempt.objects.create(
+            consultation=consultation,
+            doctor=doctor,
+            drugs=controlled,
+            created_at=timezone.now(),
+        )
+        audit_record(
+            action="prescription.controlled_drug_refused",
+            actor=doctor.user,
+            object_type="consultation",
+            object_id=consultation.pk,
+            after={"attempt": attempt.pk, "drugs": controlled},
+            meta=meta,
+        )
+        # The regulator alert (issue 7) is written here, in this same transaction.
+
+
+def _checked(
+    *,
+    consultation: Consultation,
+    doctor: Practitioner,
+    drafts: list[rules.LineDraft],
+    validity_days: int,
+    chronic_reason: str,
+    guardian: dict[str, Any] | None,
+    specialist: dict[str, Any] | None,
+    meta: RequestMeta | None,
+) -> list[rules.Check]:
+    checks = rules.prescription_checks(
+        profile=consultation.profile,
+        lines=drafts,
+        validity_days=validity_days,
+        chronic_reason=chronic_reason,
+        guardian=guardian,
+        specialist=specialist,
+        today=timezone.localdate(),
+    )
+    if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
+        _record_controlled_attempt(
+            consultation=consultation, doctor=doctor, checks=checks, drafts=drafts, meta=meta
+        )
+    rules.raise_for(checks)
+    return checks
+
+
+def _validity(validity_days: int) -> int:
+    if validity_days < 1:
+        raise DomainError(
+            "validation_error",
+            "The validity is at least one day.",
+            errors={"validity_days": ["At least 1."]},
+        )
+    return validity_days
+
+
+def _diagnoses(consultation: Consultation, given: list[dict[str, Any]] | None) -> list[Any]:
+    if given:
+        from consultations.services import icd10_resolve
+
+        cleaned = []
+        for item in given:
+            entry = icd10_resolve(code=str(item.get("icd10", "")))
+            cleaned.append(
+                {
+                    "icd10": entry.code,
+                    "name": item.get("name") or entry.display_name,
+                    "main": bool(item.get("main")),
+                }
+            )
+        if cleaned and not any(d["main"] for d in cleaned):
+            cleaned[0]["main"] = True
+        return cleaned
+    if consultation.diagnoses:
+        return list(consultation.diagnoses)
+    prior = consultation.prior_diagnosis
+    return [{"icd10": prior.icd10_code, "name": prior.icd10_name, "main": True}]
+
+
+def _write_lines(prescription: Prescription, drafts: list[rules.LineDraft]) -> None:
+    prescription.lines.all().delete()
+    PrescriptionLine.objects.bulk_create(
+        PrescriptionLine(
+            prescription=prescription,
+            position=n,
+            drug=d.drug,
+            drug_code=d.drug.code,
+            drug_name=d.drug.generic_name,
+            specification=d.drug.specification,
+            unit=d.drug.unit,
+            unit_price=d.drug.unit_price,
+            dose=d.dose,
+            dose_unit=d.dose_unit,
+            frequency=d.frequency,
+            route=d.route,
+            days=d.days,
+            quantity=d.quantity,
+        )
+        for n, d in enumerate(drafts, 1)
+    )
+    prescription.total = sum(d.drug.unit_price * d.quantity for d in drafts)
+    prescription.save(update_fields=["total", "updated_at"])
+
+
+def prescription_create(
+    *,
+    user: User,
+    consultation_id: UUID | str,
+    lines: list[dict[str, Any]],
+    validity_days: int = 1,
+    chronic_reason: str = "",
+    guardian: dict[str, Any] | None = None,
+    specialist: dict[str, Any] | None = None,
+    diagnoses: list[dict[str, Any]] | None = None,
+    meta: RequestMeta | None = None,
+) -> Draft:
+    """A draft by the treating doctor; every rule is checked and returned."""
+    doctor = _practitioner(user, PractitionerKind.DOCTOR)
+    consultation = (
+        Consultation.objects.select_related("profile", "prior_diagnosis")
+        .filter(pk=consultation_id, hospital_id=doctor.hospital_id)
+        .first()
+    )
+    if consultation is None:
+        raise DomainError("not_found", "No such consultation.")
+    _treating(consultation, doctor)
+    drafts = _line_drafts(lines)
+    checks = _checked(
+        consultation=consultation,
+        doctor=doctor,
+        drafts=drafts,
+        validity_days=_validity(validity_days),
+        chronic_reason=chronic_reason,
+        guardian=guardian,
+        specialist=specialist,
+        meta=meta,
+    )
+    with transaction.atomic():
+        prescription = Prescription.objects.create(
+            consultation=consultation,
+            hospital_id=consultation.hospital_id,
+            profile=consultation.profile,
+            doctor=doctor,
+            diagnoses=_diagnoses(consultation, diagnoses),
+            validity_days=validity_days,
+            chronic_reason=chronic_reason.strip(),
+            guardian=guardian,
+            specialist=specialist,
+            access_code=secrets.token_urlsafe(16),
+        )
+        _write_lines(prescription, drafts)
+        event = PrescriptionEvent.objects.create(
+            prescription=prescription,
+            action="create",
+            to_status=S.DRAFT,
+            actor=user,
+            created_at=timezone.now(),
+            data={"lines": len(drafts)},
+        )
+        audit_record(
+            action="prescription.create",
+            actor=user,
+            object_type="prescription",
+            object_id=prescription.pk,
+            after={
+                "consultation": str(consultation.pk),
+                "lines": [d.drug.code for d in drafts],
+                "warnings": [c.rule for c in checks if c.outcome == "warning"],
+            },
+            meta=meta,
+        )
+        push.after_change(prescription, event)
+    return Draft(prescription, checks)
+
+
+def prescription_update(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    lines: list[dict[str, Any]] | None = None,
+    validity_days: int | None = None,
+    chronic_reason: str | None = None,
+    guardian: dict[str, Any] | None = None,
+    specialist: dict[str, Any] | None = None,
+    diagnoses: list[dict[str, Any]] | None = None,
+    fields: frozenset[str] = frozenset(),
+    meta: RequestMeta | None = None,
+) -> Draft:
+    """Edit a draft (PATCH): only the fields named in ``fields`` change."""
+    doctor = _practitioner(user, PractitionerKind.DOCTOR)
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        if prescription.hospital_id != doctor.hospital_id:
+            raise DomainError("not_found", "No such prescription.")
+        consultation = Consultation.objects.select_related("profile", "prior_diagnosis").get(
+            pk=prescription.consultation_id
+        )
+        _treating(consultation, doctor)
+        if prescription.status != S.DRAFT:
+            raise _state_error(prescription, "edit")
+        drafts = (
+            _line_drafts(lines)
+            if "lines" in fields and lines is not None
+            else [
+                rules.LineDraft(
+                    drug=line.drug,
+                    dose=line.dose,
+                    dose_unit=line.dose_unit,
+                    frequency=line.frequency,
+                    route=line.route,
+                    days=line.days,
+                    quantity=line.quantity,
+                )
+                for line in prescription.lines.select_related("drug")
+            ]
+        )
+        if "validity_days" in fields and validity_days is not None:
+            prescription.validity_days = _validity(validity_days)
+        if "chronic_reason" in fields:
+            prescription.chronic_reason = (chronic_reason or "").strip()
+        if "guardian" in fields:
+            prescription.guardian = guardian
+        if "specialist" in fields:
+            prescription.specialist = specialist
+        if "diagnoses" in fields:
+            prescription.diagnoses = _diagnoses(consultation, diagnoses)
+    # Checks run outside the lock so that a controlled-drug attempt is kept on refusal.
+    checks = _checked(
+        consultation=consultation,
+        doctor=doctor,
+        drafts=drafts,
+        validity_days=prescription.validity_days,
+        chronic_reason=prescription.chronic_reason,
+        guardian=prescription.guardian,
+        specialist=prescription.specialist,
+        meta=meta,
+    )
+    with transaction.atomic():
+        current = _locked(prescription_id)
+        if current.status != S.DRAFT or current.version != prescription.version:
+            raise _state_error(current, "edit")
+        prescription.save()
+        if "lines" in fields:
+            _write_lines(prescription, drafts)
+        audit_record(
+            action="prescription.edit",
+            actor=user,
+            object_type="prescription",
+            object_id=prescription.pk,
+            after={"fields": sorted(fields)},
+            meta=meta,
+        )
+    return Draft(prescription, checks)
+
+
+def prescription_checks_of(*, prescription: Prescription) -> list[rules.Check]:
+    """The rule checks of a stored prescription (for the console's detail view)."""
+    drafts = [
+        rules.LineDraft(
+            drug=line.drug,
+            dose=line.dose,
+            dose_unit=line.dose_unit,
+            frequency=line.frequency,
+            route=line.route,
+            days=line.days,
+            quantity=line.quantity,
+        )
+        for line in prescription.lines.select_related("drug")
+    ]
+    return rules.prescription_checks(
+        profile=prescription.profile,
+        lines=drafts,
+        validity_days=prescription.validity_days,
+        chronic_reason=prescription.chronic_reason,
+        guardian=prescription.guardian,
+        specialist=prescription.specialist,
+        today=timezone.localdate(prescription.issued_at or timezone.now()),
+    )
+
+
+# --- Signature and review ---------------------------------------------------------------------
+
+
+def _end_of_validity(issued_at: dt.datetime, days: int) -> dt.datetime:
+    """Valid on the day of issue and ``days - 1`` more (Asia/Shanghai): until midnight."""
+    local = timezone.localtime(issued_at)
+    last = local.date() + dt.timedelta(days=days)
+    return dt.datetime.combine(last, dt.time.min, tzinfo=local.tzinfo)
+
+
+def prescription_sign(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    otp: str | None,
+    machine_credential: bool = False,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    """The doctor's signing act: their own second factor, then a signature over the
+    canonical content; the prescription goes to the pharmacists' review queue."""
+    doctor = _practitioner(user, PractitionerKind.DOCTOR)
+    act = signing_act_authorise(
+        user=user,
+        otp=otp,
+        purpose="prescription",
+        machine_credential=machine_credential,
+        meta=meta,
+    )
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        if prescription.hospital_id != doctor.hospital_id:
+            raise DomainError("not_found", "No such prescription.")
+        consultation = Consultation.objects.select_related("profile").get(
+            pk=prescription.consultation_id
+        )
+        _treating(consultation, doctor)
+        if prescription.status != S.DRAFT:
+            raise _state_error(prescription, "sign")
+        rules.raise_for(prescription_checks_of(prescription=prescription))
+        lines = list(prescription.lines.all())
+        issued_at = timezone.now()
+        valid_until = _end_of_validity(issued_at, prescription.validity_days)
+        content = prescription_content(
+            prescription, lines, issued_at=issued_at, valid_until=valid_until
+        )
+        signed_bytes = canonical(content)
+        signature = signature_create(act=act, purpose="prescription", data=signed_bytes)
+        PrescriptionVersion.objects.create(
+            prescription=prescription,
+            version=prescription.version,
+            signed_bytes=signed_bytes,
+            doctor_signature=signature.value,
+            doctor_certificate=signature.certificate,
+            signed_at=signature.signed_at,
+        )
+        _transition(
+            prescription,
+            "sign",
+            actor=user,
+            meta=meta,
+            changes={"issued_at": issued_at, "valid_until": valid_until},
+            data={
+                "certificate_serial": signature.certificate.serial_number,
+                "signature_sha256": signature.value_sha256,
+            },
+        )
+        _transition(prescription, "submit", actor=None, meta=meta)
+    return prescription
+
+
+def _current_version(prescription: Prescription) -> PrescriptionVersion:
+    return (
+        PrescriptionVersion.objects.select_related(
+            "doctor_certificate__authority", "pharmacist_certificate__authority"
+        )
+        .filter(prescription=prescription, version=prescription.version)
+        .get()
+    )
+
+
+def _verified(version: PrescriptionVersion, *, require_review: bool) -> None:
+    """The stored bytes, signatures and chains verify now (revocation included)."""
+    bundle = prescription_bundle(version, crl_newer_than=timezone.now())
+    try:
+        verify_bundle(
+            bundle,
+            trusted_roots={version.doctor_certificate.authority.fingerprint_sha256},
+            require_review=require_review,
+        )
+    except VerificationError as exc:
+        raise DomainError(
+            "bundle_invalid", exc.message, extra={"verification_code": exc.code}
+        ) from exc
+
+
+def prescription_approve(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    otp: str | None,
+    machine_credential: bool = False,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    """The pharmacist's review passes: a countersignature over the hash of the doctor's
+    signature. Only now is the prescription effective (DOMAIN rule 6)."""
+    act = signing_act_authorise(
+        user=user,
+        otp=otp,
+        purpose="review",
+        machine_credential=machine_credential,
+        meta=meta,
+    )
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        pharmacist = _pharmacist_of(user, prescription)
+        if prescription.status != S.UNDER_REVIEW:
+            raise _state_error(prescription, "approve")
+        now = timezone.now()
+        if prescription.valid_until is not None and prescription.valid_until <= now:
+            raise DomainError("prescription_expired")
+        version = _current_version(prescription)
+        _verified(version, require_review=False)
+        statement = canonical(review_statement(version, pharmacist=pharmacist, reviewed_at=now))
+        signature = signature_create(act=act, purpose="review", data=statement)
+        version.review_result = "approved"
+        version.reviewed_by = pharmacist
+        version.reviewed_at = signature.signed_at
+        version.review_bytes = statement
+        version.pharmacist_signature = signature.value
+        version.pharmacist_certificate = signature.certificate
+        version.save()
+        _transition(
+            prescription,
+            "approve",
+            actor=user,
+            meta=meta,
+            data={
+                "pharmacist": str(pharmacist.pk),
+                "certificate_serial": signature.certificate.serial_number,
+            },
+        )
+    return prescription
+
+
+def prescription_reject(
+    *, user: User, prescription_id: UUID | str, reason: str, meta: RequestMeta | None = None
+) -> Prescription:
+    if not reason.strip():
+        raise DomainError("validation_error", "Give the reason.", errors={"reason": ["Required."]})
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        pharmacist = _pharmacist_of(user, prescription)
+        if prescription.status != S.UNDER_REVIEW:
+            raise _state_error(prescription, "reject")
+        version = _current_version(prescription)
+        version.review_result = "rejected"
+        version.review_reason = reason.strip()
+        version.reviewed_by = pharmacist
+        version.reviewed_at = timezone.now()
+        version.save()
+        _transition(
+            prescription,
+            "reject",
+            actor=user,
+            reason=reason.strip(),
+            meta=meta,
+            data={"pharmacist": str(pharmacist.pk)},
+        )
+    return prescription
+
+
+def prescription_revise(
+    *, user: User, prescription_id: UUID | str, meta: RequestMeta | None = None
+) -> Prescription:
+    """After a rejection, the doctor opens a new version as a draft; the rejected
+    version is superseded. The new version must be signed again."""
+    doctor = _practitioner(user, PractitionerKind.DOCTOR)
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        if prescription.hospital_id != doctor.hospital_id:
+            raise DomainError("not_found", "No such prescription.")
+        consultation = Consultation.objects.get(pk=prescription.consultation_id)
+        _treating(consultation, doctor)
+        if prescription.status != S.REVIEW_REJECTED:
+            raise _state_error(prescription, "revise")
+        now = timezone.now()
+        PrescriptionVersion.objects.filter(
+            prescription=prescription, version=prescription.version
+        ).update(superseded_at=now)
+        _transition(
+            prescription,
+            "revise",
+            actor=user,
+            meta=meta,
+            changes={
+                "version": prescription.version + 1,
+                "issued_at": None,
+                "valid_until": None,
+            },
+            data={"superseded_version": prescription.version},
+        )
+    return prescription
+
+
+# --- Cancel and expiry ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    prescription: Prescription
+    pending: bool
+
+
+def prescription_cancel(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    reason: str,
+    meta: RequestMeta | None = None,
+) -> CancelOutcome:
+    """Cancelled by the prescribing doctor or by the patient's account before a claim.
+    While a pharmacy holds a claim the cancel is pending: the pharmacy is told, cannot
+    dispense, and the prescription is cancelled when the claim is released."""
+    reason = reason.strip() or "cancelled"
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        is_patient = prescription.profile.account_id == user.pk
+        is_doctor = prescription.doctor.user_id == user.pk
+        if not (is_patient or is_doctor):
+            raise DomainError("not_found", "No such prescription.")
+        if prescription.status == S.CLAIMED:
+            if prescription.cancel_requested_at is None:
+                prescription.cancel_requested_at = timezone.now()
+                prescription.cancel_requested_reason = reason
+                prescription.save(
+                    update_fields=["cancel_requested_at", "cancel_requested_reason", "updated_at"]
+                )
+                event = PrescriptionEvent.objects.create(
+                    prescription=prescription,
+                    action="cancel_requested",
+                    from_status=S.CLAIMED,
+                    to_status=S.CLAIMED,
+                    actor=user,
+                    reason=reason,
+                    created_at=timezone.now(),
+                )
+                audit_record(
+                    action="prescription.cancel_requested",
+                    actor=user,
+                    object_type="prescription",
+                    object_id=prescription.pk,
+                    after={"reason": reason},
+                    meta=meta,
+                )
+                push.after_change(prescription, event)
+            return CancelOutcome(prescription, pending=True)
+        _transition(prescription, "cancel", actor=user, reason=reason, meta=meta)
+    return CancelOutcome(prescription, pending=False)
+
+
+def prescriptions_expire_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
+    """Expire every prescription whose validity ended before a pharmacy claimed it."""
+    now = now or timezone.now()
+    due = list(
+        Prescription.objects.filter(
+            status__in=TRANSITIONS["expire"].sources, valid_until__lte=now
+        ).values_list("pk", flat=True)[:limit]
+    )
+    expired = 0
+    for pk in due:
+        with transaction.atomic():
+            prescription = _locked(pk)
+            if (
+                prescription.status not in TRANSITIONS["expire"].sources
+                or prescription.valid_until is None
+                or prescription.valid_until > now
+            ):
+                continue
+            _transition(prescription, "expire", actor=None, reason="validity ended unclaimed")
+            expired += 1
+    return expired
+
+
+# --- Pharmacies: claim, release, dispense, delivery ----------------------------------------------
+
+
+def _codes_equal(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _failures_exceeded(pharmacy: Pharmacy, prescription_id: UUID | str) -> bool:
+    since = timezone.now() - dt.timedelta(seconds=settings.ACCESS_CODE_WINDOW_SECONDS)
+    recent = AccessCodeFailure.objects.filter(created_at__gte=since)
+    return (
+        recent.filter(pharmacy=pharmacy).count() >= settings.ACCESS_CODE_MAX_FAILURES_PER_PHARMACY
+        or recent.filter(prescription_id=prescription_id).count()
+        >= settings.ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION
+    )
+
+
+def _bad_access_code(
+    staff: PharmacyStaff, prescription_id: UUID | str, meta: RequestMeta | None
+) -> DomainError:
+    with transaction.atomic():
+        AccessCodeFailure.objects.create(
+            pharmacy=staff.pharmacy, prescription_id=prescription_id, created_at=timezone.now()
+        )
+        audit_record(
+            action="prescription.bad_access_code",
+            actor=staff.user,
+            object_type="prescription",
+            object_id=prescription_id,
+            after={"pharmacy": staff.pharmacy.code},
+            meta=meta,
+        )
+    return DomainError("bad_access_code")
+
+
+@dataclass(frozen=True)
+class Claim:
+    prescription: Prescription
+    claim_secret: str
+
+
+def prescription_claim(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    access_code: str,
+    meta: RequestMeta | None = None,
+) -> Claim:
+    """A pharmacy takes the prescription with the patient's access code. The same
+    pharmacy claiming again gets its secret back; another pharmacy gets 409."""
+    staff = staff_of(user)
+    pharmacy = staff.pharmacy
+    if _failures_exceeded(pharmacy, prescription_id):
+        audit_record(
+            action="prescription.access_code_rate_limited",
+            actor=user,
+            object_type="prescription",
+            object_id=prescription_id,
+            after={"pharmacy": pharmacy.code},
+            meta=meta,
+        )
+        raise DomainError("too_many_attempts")
+    stored = Prescription.objects.filter(pk=prescription_id).only("access_code").first()
+    if stored is None or not _codes_equal(access_code.strip(), stored.access_code):
+        raise _bad_access_code(staff, prescription_id, meta)
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        if prescription.status == S.CLAIMED and prescription.claimed_by_id == pharmacy.pk:
+            prescription.claim_touched_at = timezone.now()
+            prescription.save(update_fields=["claim_touched_at", "updated_at"])
+            return Claim(prescription, prescription.claim_secret)
+        if prescription.status == S.CLAIMED:
+            raise DomainError("already_claimed")
+        if prescription.status == S.ACTIVE and (
+            prescription.valid_until is None or prescription.valid_until <= timezone.now()
+        ):
+            raise DomainError("prescription_expired")
+        if prescription.status == S.ACTIVE:
+            _verified(_current_version(prescription), require_review=True)
+        secret = secrets.token_urlsafe(32)
+        now = timezone.now()
+        _transition(
+            prescription,
+            "claim",
+            actor=user,
+            pharmacy=pharmacy,
+            meta=meta,
+            changes={
+                "claimed_by": pharmacy,
+                "claim_secret": secret,
+                "claimed_at": now,
+                "claim_touched_at": now,
+            },
+        )
+    return Claim(prescription, secret)
+
+
+def _claimed(
+    prescription: Prescription, pharmacy: Pharmacy, claim_secret: str, action: str
+) -> None:
+    """The caller holds this prescription's claim (not another pharmacy, not an old
+    secret from before a release)."""
+    if prescription.claimed_by_id != pharmacy.pk:
+        if prescription.status in (S.CANCELLED, S.EXPIRED):
+            raise _state_error(prescription, action)
+        raise DomainError("not_claimant")
+    if not _codes_equal(claim_secret.strip(), prescription.claim_secret):
+        raise DomainError("bad_claim_secret")
+
+
+def prescription_for_pharmacy(
+    *, user: User, prescription_id: UUID | str, touch: bool = True
+) -> Prescription:
+    """Read access for the claiming pharmacy only (and it keeps the claim alive)."""
+    staff = staff_of(user)
+    prescription = (
+        Prescription.objects.select_related("profile", "doctor__user", "hospital")
+        .filter(pk=prescription_id)
+        .first()
+    )
+    if prescription is None or prescription.claimed_by_id != staff.pharmacy_id:
+        raise DomainError("not_claimant", "Claim the prescription with its access code first.")
+    if touch and prescription.status == S.CLAIMED:
+        Prescription.objects.filter(pk=prescription.pk).update(claim_touched_at=timezone.now())
+    return prescription
+
+
+def _end_claim() -> dict[str, Any]:
+    return {"claimed_by": None, "claim_secret": "", "claimed_at": None, "claim_touched_at": None}
+
+
+def prescription_release(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    claim_secret: str,
+    reason: str,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    """The pharmacy gives the claim back; the old secret is useless from now on. A
+    cancel that was pending takes effect."""
+    staff = staff_of(user)
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        _claimed(prescription, staff.pharmacy, claim_secret, "release")
+        _release(prescription, actor=user, pharmacy=staff.pharmacy, reason=reason, meta=meta)
+    return prescription
+
+
+def _release(
+    prescription: Prescription,
+    *,
+    actor: User | None,
+    pharmacy: Pharmacy | None,
+    reason: str,
+    meta: RequestMeta | None,
+) -> None:
+    _transition(
+        prescription,
+        "release",
+        actor=actor,
+        pharmacy=pharmacy,
+        reason=reason.strip() or "released",
+        meta=meta,
+        changes=_end_claim(),
+    )
+    if prescription.cancel_requested_at is not None:
+        _transition(
+            prescription,
+            "cancel",
+            actor=None,
+            reason=prescription.cancel_requested_reason or "cancelled while claimed",
+            meta=meta,
+        )
+
+
+def claims_release_idle(*, now: dt.datetime | None = None, limit: int = 500) -> int:
+    """Claims with no pharmacy activity for the configured time go back to active."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(minutes=settings.PRESCRIPTION_CLAIM_IDLE_MINUTES)
+    due = list(
+        Prescription.objects.filter(status=S.CLAIMED, claim_touched_at__lte=cutoff).values_list(
+            "pk", flat=True
+        )[:limit]
+    )
+    released = 0
+    for pk in due:
+        with transaction.atomic():
+            prescription = _locked(pk)
+            if prescription.status != S.CLAIMED or (
+                prescription.claim_touched_at is not None and prescription.claim_touched_at > cutoff
+            ):
+                continue
+            _release(
+                prescription,
+                actor=None,
+                pharmacy=None,
+                reason="claim idle for too long",
+                meta=None,
+            )
+            released += 1
+    return released
+
+
+@dataclass(frozen=True)
+class DispenseItem:
+    line: int  # position on the prescription
+    quantity: int
+    batch_number: str
+
+
+def prescription_dispense(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    claim_secret: str,
+    items: list[DispenseItem],
+    pharmacist_name: str,
+    pharmacist_licence: str,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    """Close the prescription with the per-line ledger (dispensed ≤ prescribed) and a
+    receipt sealed by the hospital. One prescription, one dispense (DOMAIN rule 11)."""
+    staff = staff_of(user)
+    if not items:
+        raise DomainError(
+            "dispense_mismatch", "Nothing to dispense.", errors={"items": ["Required."]}
+        )
+    if not (pharmacist_name.strip() and pharmacist_licence.strip()):
+        raise DomainError(
+            "validation_error",
+            "Name the dispensing pharmacist and their licence number.",
+            errors={"pharmacist": ["Name and licence number are required."]},
+        )
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        _claimed(prescription, staff.pharmacy, claim_secret, "dispense")
+        if prescription.status == S.CLAIMED and prescription.cancel_requested_at is not None:
+            raise DomainError("cancel_pending")
+        if prescription.status != S.CLAIMED:
+            raise _state_error(prescription, "dispense")
+        lines = {line.position: line for line in prescription.lines.all()}
+        wanted: dict[int, int] = {}
+        errors: dict[str, list[str]] = {}
+        for n, item in enumerate(items):
+            if item.line not in lines:
+                errors[f"items.{n}.line"] = ["Not a line of this prescription."]
+            elif item.quantity <= 0:
+                errors[f"items.{n}.quantity"] = ["Must be positive."]
+            elif not item.batch_number.strip():
+                errors[f"items.{n}.batch_number"] = ["Required."]
+            else:
+                wanted[item.line] = wanted.get(item.line, 0) + item.quantity
+        for position, quantity in wanted.items():
+            line = lines[position]
+            if line.dispensed_quantity + quantity > line.quantity:
+                errors[f"line.{position}"] = [
+                    f"{quantity} {line.unit} asked, {line.quantity} prescribed."
+                ]
+        if errors:
+            raise DomainError(
+                "dispense_mismatch", "The dispense does not match the prescription.", errors=errors
+            )
+        now = timezone.now()
+        DispenseEntry.objects.bulk_create(
+            DispenseEntry(
+                line=lines[item.line],
+                pharmacy=staff.pharmacy,
+                staff=staff,
+                quantity=item.quantity,
+                batch_number=item.batch_number.strip(),
+                pharmacist_name=pharmacist_name.strip(),
+                pharmacist_licence=pharmacist_licence.strip(),
+                created_at=now,
+            )
+            for item in items
+        )
+        for position, quantity in wanted.items():
+            PrescriptionLine.objects.filter(pk=lines[position].pk).update(
+                dispensed_quantity=F("dispensed_quantity") + quantity
+            )
+        version = _current_version(prescription)
+        content = receipt(
+            version=version,
+            pharmacy_code=staff.pharmacy.code,
+            dispensed_at=now,
+            lines=[
+                {
+                    "position": position,
+                    "drug_code": lines[position].drug_code,
+                    "quantity": quantity,
+                    "batches": sorted(
+                        {i.batch_number.strip() for i in items if i.line == position}
+                    ),
+                }
+                for position, quantity in sorted(wanted.items())
+            ],
+        )
+        seal = seal_sign(hospital=prescription.hospital, data=canonical(content))
+        _transition(
+            prescription,
+            "dispense",
+            actor=user,
+            pharmacy=staff.pharmacy,
+            meta=meta,
+            changes={
+                "dispensed_at": now,
+                "dispensed_by": staff.pharmacy,
+                "receipt": sealed_receipt(content, seal),
+            },
+            data={
+                "pharmacist": pharmacist_name.strip(),
+                "lines": {str(k): v for k, v in wanted.items()},
+            },
+        )
+    return prescription
+
+
+def prescription_ship(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    claim_secret: str,
+    courier: str,
+    tracking_number: str,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    staff = staff_of(user)
+    if not (courier.strip() and tracking_number.strip()):
+        raise DomainError(
+            "validation_error",
+            "Give the courier and the tracking number.",
+            errors={"tracking_number": ["Courier and tracking number are required."]},
+        )
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        _claimed(prescription, staff.pharmacy, claim_secret, "ship")
+        if prescription.fulfilment != Fulfilment.DELIVERY:
+            raise DomainError(
+                "prescription_state_conflict", "The patient chose pick-up, not delivery."
+            )
+        _transition(
+            prescription,
+            "ship",
+            actor=user,
+            pharmacy=staff.pharmacy,
+            meta=meta,
+            changes={
+                "courier": courier.strip(),
+                "tracking_number": tracking_number.strip(),
+                "shipped_at": timezone.now(),
+            },
+            data={"courier": courier.strip(), "tracking_number": tracking_number.strip()},
+        )
+    return prescription
+
+
+def prescription_deliver(
+    *,
+    user: User,
+    prescription_id: UUID | str,
+    claim_secret: str,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    staff = staff_of(user)
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        _claimed(prescription, staff.pharmacy, claim_secret, "deliver")
+        _transition(
+            prescription,
+            "deliver",
+            actor=user,
+            pharmacy=staff.pharmacy,
+            meta=meta,
+            changes={"delivered_at": timezone.now()},
+        )
+    return prescription
+
+
+# --- The patient's choices ----------------------------------------------------------------------
+
+
+def prescription_fulfilment_choose(
+    *,
+    account: User,
+    prescription_id: UUID | str,
+    method: str,
+    pharmacy: Pharmacy | None = None,
+    address: dict[str, str] | None = None,
+    meta: RequestMeta | None = None,
+) -> Prescription:
+    """Pick-up at a pharmacy or home delivery; changeable until a pharmacy claims it."""
+    with transaction.atomic():
+        prescription = _locked(prescription_id)
+        if prescription.profile.account_id != account.pk:
+            raise DomainError("not_found", "No such prescription.")
+        if prescription.status in CLOSED or prescription.status not in (
+            *BEFORE_REVIEW,
+            S.ACTIVE,
+        ):
+            raise _state_error(prescription, "choose fulfilment for")
+        if method == Fulfilment.PICKUP:
+            if pharmacy is None or not pharmacy.is_active:
+                raise DomainError(
+                    "validation_error",
+                    "Choose an open pharmacy.",
+                    errors={"pharmacy": ["Required for pick-up."]},
+                )
+            prescription.fulfilment = Fulfilment.PICKUP
+            prescription.pickup_pharmacy = pharmacy
+            prescription.delivery_address = ""
+        elif method == Fulfilment.DELIVERY:
+            required = ("recipient", "phone", "address")
+            if not address or not all(str(address.get(k, "")).strip() for k in required):
+                raise DomainError(
+                    "validation_error",
+                    "Give the recipient, phone and address.",
+                    errors={"address": ["recipient, phone and address are required."]},
+                )
+            prescription.fulfilment = Fulfilment.DELIVERY
+            prescription.pickup_pharmacy = None
+            prescription.delivery_address = json.dumps(
+                {k: str(address[k]).strip() for k in required}, ensure_ascii=False
+            )
+        else:
+            raise DomainError(
+                "validation_error",
+                "Choose pickup or delivery.",
+                errors={"method": ["pickup or delivery"]},
+            )
+        prescription.save()
+        audit_record(
+            action="prescription.fulfilment",
+            actor=account,
+            object_type="prescription",
+            object_id=prescription.pk,
+            after={
+                "method": method,
+                "pharmacy": pharmacy.code if pharmacy and method == Fulfilment.PICKUP else None,
+            },
+            meta=meta,
+        )
+    return prescription

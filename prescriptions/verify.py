@@ -1,0 +1,415 @@
+"""Offline verification of a signed prescription bundle.
+
+This module is deliberately standalone: it needs only ``cryptography`` and ``rfc8785``
+and imports nothing from the project, so a pharmacy integrator can copy this one file.
+The server verifies with the same code before a review and before a claim.
+
+    python -m prescriptions.verify bundle.json [--root hospital-root.pem] [--review-optional]
+
+Exit status 0 and a JSON summary when the bundle is genuine; 1 and the reason otherwise.
+Pin the hospital's root certificate with ``--root`` (its SHA-256 fingerprint is also
+published by the hospital); without it the root inside the bundle is trusted as given.
+
+What is checked (docs/prescription-signing.md has the format):
+1. ``signed_content`` is RFC 8785 canonical JSON and names this prescription and version.
+2. The doctor's certificate is issued by the hospital root, has the role ``doctor``,
+   names the prescriber's practice certificate number and the hospital's USCC, was valid
+   when the signature was made, and was not revoked before it (per the root's signed CRL,
+   which must be newer than the signature).
+3. The doctor's signature verifies over the exact signed bytes, and was made on the
+   prescription's issue day (Asia/Shanghai).
+4. The pharmacist's review names the SHA-256 of the doctor's signature, says
+   ``approved``, is signed by a ``pharmacist`` certificate of the same root (same checks)
+   and was made after the doctor's signature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import rfc8785
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+
+BUNDLE_FORMAT = "ih-prescription-bundle/1"
+CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+#: Largest clock difference tolerated between the issue time and the signature time.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+ORGANIZATION_IDENTIFIER = x509.ObjectIdentifier("2.5.4.97")
+
+
+class VerificationError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SignerInfo:
+    name: str
+    role: str
+    practice_certificate_number: str
+    certificate_serial: str
+    certificate_sha256: str
+    signed_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Verified:
+    prescription_id: str
+    version: int
+    content: dict[str, Any]
+    doctor: SignerInfo
+    pharmacist: SignerInfo | None
+    root_sha256: str
+    valid_until: dt.datetime | None
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def signer(info: SignerInfo | None) -> dict[str, Any] | None:
+            if info is None:
+                return None
+            return {
+                "name": info.name,
+                "role": info.role,
+                "practice_certificate_number": info.practice_certificate_number,
+                "certificate_serial": info.certificate_serial,
+                "certificate_sha256": info.certificate_sha256,
+                "signed_at": info.signed_at.isoformat(),
+            }
+
+        return {
+            "valid": True,
+            "prescription_id": self.prescription_id,
+            "version": self.version,
+            "doctor": signer(self.doctor),
+            "pharmacist": signer(self.pharmacist),
+            "root_sha256": self.root_sha256,
+            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
+            "warnings": self.warnings,
+        }
+
+
+# --- Helpers --------------------------------------------------------------------------------
+
+
+def _b64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise VerificationError("malformed_bundle", f"{what} is missing or not a string")
+    try:
+        return base64.b64decode(value.encode(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise VerificationError("malformed_bundle", f"{what} is not valid base64") from exc
+
+
+def _time(value: Any, what: str) -> dt.datetime:
+    if not isinstance(value, str):
+        raise VerificationError("malformed_bundle", f"{what} is missing")
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise VerificationError("malformed_bundle", f"{what} is not an RFC 3339 time") from exc
+    if parsed.tzinfo is None:
+        raise VerificationError("malformed_bundle", f"{what} has no UTC offset")
+    return parsed
+
+
+def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        content = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise VerificationError("not_canonical", f"{what} is not JSON") from exc
+    if not isinstance(content, dict):
+        raise VerificationError("not_canonical", f"{what} is not a JSON object")
+    if rfc8785.dumps(content) != raw:
+        raise VerificationError("not_canonical", f"{what} is not RFC 8785 canonical JSON")
+    return content
+
+
+@lru_cache(maxsize=256)
+def _certificate(pem: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        raise VerificationError("malformed_bundle", "a certificate is not valid PEM") from exc
+
+
+def _attribute(certificate: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
+    values = certificate.subject.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""
+
+
+@lru_cache(maxsize=256)
+def _issued_by(leaf_pem: str, root_pem: str) -> bool:
+    """The leaf is a signing certificate directly issued by the root CA (cached: the
+    same doctors' certificates appear in many bundles)."""
+    leaf, root = _certificate(leaf_pem), _certificate(root_pem)
+    try:
+        leaf.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    return not constraints.ca and usage.digital_signature
+
+
+@lru_cache(maxsize=64)
+def _crl(crl_der: bytes, root_pem: str) -> x509.CertificateRevocationList:
+    root = _certificate(root_pem)
+    try:
+        crl = x509.load_der_x509_crl(crl_der)
+    except ValueError as exc:
+        raise VerificationError("crl_invalid", "the revocation list is not valid DER") from exc
+    public = root.public_key()
+    if crl.issuer != root.subject or not crl.is_signature_valid(public):  # type: ignore[arg-type]
+        raise VerificationError("crl_invalid", "the revocation list is not signed by the root")
+    return crl
+
+
+def _signature_valid(certificate: x509.Certificate, signature: bytes, data: bytes) -> bool:
+    public = certificate.public_key()
+    try:
+        if isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, data)
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _check_signer(
+    block: Any,
+    *,
+    what: str,
+    role: str,
+    data: bytes,
+    root_pem: str,
+    crl: x509.CertificateRevocationList,
+) -> tuple[SignerInfo, bytes]:
+    if not isinstance(block, dict):
+        raise VerificationError("malformed_bundle", f"{what} is missing")
+    chain = block.get("certificate_chain")
+    if not (isinstance(chain, list) and len(chain) == 2 and all(isinstance(c, str) for c in chain)):
+        raise VerificationError(
+            "malformed_bundle", f"{what}: certificate_chain must be [signer, root] PEM"
+        )
+    if chain[1].strip() != root_pem.strip():
+        raise VerificationError("chain_invalid", f"{what}: the chain ends at another root")
+    leaf_pem = chain[0]
+    leaf = _certificate(leaf_pem)
+    if not _issued_by(leaf_pem, root_pem):
+        raise VerificationError(
+            "chain_invalid", f"{what}: the certificate is not a signing certificate of the root"
+        )
+    if _attribute(leaf, NameOID.TITLE) != role:
+        raise VerificationError(
+            "wrong_role",
+            f"{what}: signed with a {_attribute(leaf, NameOID.TITLE) or 'non-personal'} "
+            f"certificate, a {role}'s is required",
+        )
+    signed_at = _time(block.get("signed_at"), f"{what}.signed_at")
+    if not leaf.not_valid_before_utc <= signed_at <= leaf.not_valid_after_utc:
+        raise VerificationError(
+            "certificate_expired", f"{what}: the certificate was not valid at {signed_at}"
+        )
+    if crl.last_update_utc < signed_at:
+        raise VerificationError(
+            "crl_invalid", "the revocation list is older than the signature; fetch a newer one"
+        )
+    revoked = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+    if revoked is not None and revoked.revocation_date_utc <= signed_at:
+        raise VerificationError(
+            "certificate_revoked",
+            f"{what}: the certificate was revoked at {revoked.revocation_date_utc}",
+        )
+    signature = _b64(block.get("value"), f"{what}.value")
+    if not _signature_valid(leaf, signature, data):
+        raise VerificationError("signature_invalid", f"{what}: the signature does not verify")
+    info = SignerInfo(
+        name=_attribute(leaf, NameOID.COMMON_NAME),
+        role=role,
+        practice_certificate_number=_attribute(leaf, NameOID.SERIAL_NUMBER),
+        certificate_serial=format(leaf.serial_number, "x"),
+        certificate_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
+        signed_at=signed_at,
+    )
+    return info, signature
+
+
+def _root(bundle: dict[str, Any], trusted_roots: set[str] | None) -> tuple[str, str]:
+    root_pem = bundle.get("root_certificate")
+    if not isinstance(root_pem, str):
+        raise VerificationError("malformed_bundle", "root_certificate is missing")
+    root = _certificate(root_pem)
+    fingerprint = root.fingerprint(hashes.SHA256()).hex()
+    if trusted_roots is not None and fingerprint not in trusted_roots:
+        raise VerificationError(
+            "untrusted_root", f"the bundle's root {fingerprint} is not a trusted hospital root"
+        )
+    return root_pem, fingerprint
+
+
+# --- The verification ---------------------------------------------------------------------
+
+
+def verify_bundle(
+    bundle: dict[str, Any],
+    *,
+    trusted_roots: set[str] | None = None,
+    require_review: bool = True,
+) -> Verified:
+    """Verify a bundle; raise ``VerificationError`` with a stable code if it is not genuine.
+
+    ``trusted_roots`` holds SHA-256 fingerprints (hex) of hospital root certificates.
+    """
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise VerificationError("malformed_bundle", f"not an {BUNDLE_FORMAT} bundle")
+    root_pem, root_sha256 = _root(bundle, trusted_roots)
+    crl = _crl(_b64(bundle.get("crl"), "crl"), root_pem)
+
+    signed = _b64(bundle.get("signed_content"), "signed_content")
+    content = _canonical_json(signed, "signed_content")
+    if content.get("id") != bundle.get("prescription_id") or content.get("version") != bundle.get(
+        "version"
+    ):
+        raise VerificationError(
+            "content_mismatch", "the signed content names another prescription or version"
+        )
+    doctor, doctor_signature = _check_signer(
+        bundle.get("doctor_signature"),
+        what="doctor_signature",
+        role="doctor",
+        data=signed,
+        root_pem=root_pem,
+        crl=crl,
+    )
+    prescriber = content.get("doctor") or {}
+    if prescriber.get("practice_certificate_number") != doctor.practice_certificate_number:
+        raise VerificationError(
+            "content_mismatch", "the prescriber is not the holder of the signing certificate"
+        )
+    hospital = content.get("hospital") or {}
+    leaf_org = _attribute(
+        _certificate(bundle["doctor_signature"]["certificate_chain"][0]), ORGANIZATION_IDENTIFIER
+    )
+    if hospital.get("uscc") != leaf_org:
+        raise VerificationError(
+            "content_mismatch", "the certificate belongs to another institution"
+        )
+    issued_at = _time(content.get("issued_at"), "issued_at")
+    if issued_at.astimezone(CHINA).date() != doctor.signed_at.astimezone(CHINA).date() or (
+        issued_at - doctor.signed_at > CLOCK_SKEW
+    ):
+        raise VerificationError(
+            "signing_day_mismatch",
+            f"signed at {doctor.signed_at.isoformat()} but issued at {issued_at.isoformat()}",
+        )
+    validity = content.get("validity") or {}
+    valid_until = _time(validity["valid_until"], "valid_until") if validity else None
+
+    pharmacist = None
+    review = bundle.get("review")
+    if review is None:
+        if require_review:
+            raise VerificationError("review_missing", "the pharmacist's review is missing")
+    else:
+        if not isinstance(review, dict):
+            raise VerificationError("malformed_bundle", "review is not an object")
+        review_bytes = _b64(review.get("content"), "review.content")
+        statement = _canonical_json(review_bytes, "review.content")
+        expected = {
+            "type": "pharmacist_review",
+            "prescription_id": content["id"],
+            "version": content["version"],
+            "doctor_signature_sha256": hashlib.sha256(doctor_signature).hexdigest(),
+            "result": "approved",
+        }
+        for key, value in expected.items():
+            if statement.get(key) != value:
+                raise VerificationError(
+                    "review_mismatch", f"the review does not approve this signature ({key})"
+                )
+        pharmacist, _ = _check_signer(
+            review.get("signature"),
+            what="review.signature",
+            role="pharmacist",
+            data=review_bytes,
+            root_pem=root_pem,
+            crl=crl,
+        )
+        reviewer = statement.get("pharmacist") or {}
+        if reviewer.get("practice_certificate_number") != pharmacist.practice_certificate_number:
+            raise VerificationError(
+                "review_mismatch", "the reviewer is not the holder of the signing certificate"
+            )
+        if pharmacist.signed_at < doctor.signed_at:
+            raise VerificationError("review_mismatch", "the review predates the signature")
+    return Verified(
+        prescription_id=str(content["id"]),
+        version=int(content["version"]),
+        content=content,
+        doctor=doctor,
+        pharmacist=pharmacist,
+        root_sha256=root_sha256,
+        valid_until=valid_until,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m prescriptions.verify",
+        description="Verify a signed prescription bundle offline.",
+    )
+    parser.add_argument("bundle", help="the bundle JSON file ('-' for stdin)")
+    parser.add_argument(
+        "--root",
+        action="append",
+        default=[],
+        help="a trusted hospital root certificate (PEM file); repeat for several",
+    )
+    parser.add_argument(
+        "--review-optional",
+        action="store_true",
+        help="accept a bundle without the pharmacist's review (signed, not yet active)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        with sys.stdin if args.bundle == "-" else open(args.bundle, encoding="utf-8") as fh:
+            bundle = json.load(fh)
+        trusted = None
+        if args.root:
+            trusted = set()
+            for path in args.root:
+                with open(path, encoding="utf-8") as fh:
+                    trusted.add(_certificate(fh.read()).fingerprint(hashes.SHA256()).hex())
+        verified = verify_bundle(
+            bundle, trusted_roots=trusted, require_review=not args.review_optional
+        )
+    except VerificationError as exc:
+        print(json.dumps({"valid": False, "code": exc.code, "reason": exc.message}))
+        return 1
+    except (OSError, ValueError) as exc:
+        print(json.dumps({"valid": False, "code": "unreadable", "reason": str(exc)}))
+        return 1
+    print(json.dumps(verified.summary(), ensure_ascii=False, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
