@@ -195,8 +195,12 @@ def status_of(prescription_id: str) -> str:
     return Prescription.objects.values_list("status", flat=True).get(pk=prescription_id)
 
 
-def shanghai(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=timezone.get_default_timezone())  # type: ignore[misc]
+def shanghai(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> dt.datetime:
+    return dt.datetime(
+        year, month, day, hour, minute, second, tzinfo=timezone.get_default_timezone()
+    )
 
 
 __all__ = ["MOBILE", "client_for"]
