@@ -3,6 +3,7 @@ channel layer, broker-less worker) with seeded accounts whose tokens work."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import socket
@@ -151,6 +152,7 @@ def test_demo_command_serves_the_whole_system_on_the_embedded_default(tmp_path):
             timeout=5,
         )
         assert me.json()["username"] == patient["username"]
+        _prescription_through_the_demo(base, seeded, tmp_path)
     finally:
         proc.terminate()
         try:
@@ -158,3 +160,124 @@ def test_demo_command_serves_the_whole_system_on_the_embedded_default(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0
+
+
+def _console(base: str, account: dict, step: int) -> httpx.Client:
+    """Sign in to the console as a browser would: CSRF cookie, password, TOTP code."""
+    client = httpx.Client(base_url=base, timeout=10)
+    token = client.get("/api/console/v1/auth/csrf").json()["csrf_token"]
+    client.headers["X-CSRFToken"] = token
+    login = client.post(
+        "/api/console/v1/auth/login",
+        json={"username": account["username"], "password": account["password"]},
+    )
+    assert login.status_code == 200, login.text
+    totp = client.post("/api/console/v1/auth/totp", json={"code": _code(account, step)})
+    assert totp.status_code == 200, totp.text
+    client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
+    return client
+
+
+def _code(account: dict, step: int) -> str:
+    """The code of the 30-second step ``step`` from now (-1, 0 or 1 are accepted once)."""
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30 * step)
+    return totp_code_at(secret=account["totp_secret"], when=when)
+
+
+def _prescription_through_the_demo(base: str, seeded: dict, tmp_path: Path) -> None:
+    """A script drives the demo as CONTRACT promises: a follow-up, a signed prescription,
+    the pharmacist's approval, a pharmacy's claim, offline verification, dispense."""
+    accounts = {a["username"]: a for a in seeded["accounts"]}
+    doctor, pharmacist = accounts["dr.li"], accounts["ph.zhao"]
+    patient = accounts["patient.zhang"]
+    mobile = httpx.Client(
+        base_url=f"{base}/api/mobile/v1",
+        headers={"Authorization": f"Bearer {patient['jwt']['access']}"},
+        timeout=10,
+    )
+    doctors = mobile.get("/doctors").json()["results"]
+    li = next(d for d in doctors if d["name"] == doctor["display_name"])
+    consultation = mobile.post(
+        "/consultations",
+        json={
+            "profile": seeded["patients"]["zhang"]["profile_id"],
+            "department": li["department"],
+            "doctor": li["id"],
+            "complaint": "血压稳定，需要续药",
+        },
+    )
+    assert consultation.status_code == 201, consultation.text
+    consultation_id = consultation.json()["id"]
+
+    console = _console(base, doctor, step=-1)
+    assert console.post("/api/console/v1/identity-check").json()["passed"] is True
+    accepted = console.post(
+        f"/api/console/v1/consultations/{consultation_id}/accept",
+        json={"follow_up_confirmed": True},
+    )
+    assert accepted.status_code == 200, accepted.text
+    draft = console.post(
+        "/api/console/v1/prescriptions",
+        json={
+            "consultation": consultation_id,
+            "lines": [
+                {
+                    "drug": "DEMO-0001",
+                    "dose": "5",
+                    "dose_unit": "mg",
+                    "frequency": "qd",
+                    "days": 7,
+                    "quantity": 1,
+                }
+            ],
+        },
+    )
+    assert draft.status_code == 201, draft.text
+    prescription_id = draft.json()["id"]
+    signed = console.post(
+        f"/api/console/v1/prescriptions/{prescription_id}/sign", json={"otp": _code(doctor, 0)}
+    )
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["status"] == "under_review"
+
+    review = _console(base, pharmacist, step=-1)
+    approved = review.post(
+        f"/api/console/v1/prescriptions/{prescription_id}/approve",
+        json={"otp": _code(pharmacist, 0)},
+    )
+    assert approved.status_code == 200, approved.text
+
+    code = mobile.get(f"/prescriptions/{prescription_id}").json()["access_code"]
+    pharmacy = httpx.Client(
+        base_url=f"{base}/api/pharmacy/v1",
+        headers={"Authorization": f"Token {seeded['tokens']['pharmacy_staff']}"},
+        timeout=10,
+    )
+    claim = pharmacy.post(
+        "/prescriptions/claim", json={"prescription_id": prescription_id, "access_code": code}
+    )
+    assert claim.status_code == 200, claim.text
+    bundle = pharmacy.get(f"/prescriptions/{prescription_id}/bundle").json()
+    (tmp_path / "bundle.json").write_text(json.dumps(bundle))
+    root = httpx.get(f"{base}/api/pki/v1/hospitals/{seeded['hospital']['id']}/root.pem")
+    (tmp_path / "root.pem").write_text(root.text)
+    verified = subprocess.run(
+        [sys.executable, "-m", "prescriptions.verify", "bundle.json", "--root", "root.pem"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert json.loads(verified.stdout)["prescription_id"] == prescription_id
+    dispensed = pharmacy.post(
+        f"/prescriptions/{prescription_id}/dispense",
+        json={
+            "claim_secret": claim.json()["claim_secret"],
+            "items": [{"line": 1, "quantity": 1, "batch_number": "B20261123"}],
+            "pharmacist": {"name": "陈药师", "licence_number": "YS330100001"},
+        },
+    )
+    assert dispensed.status_code == 200, dispensed.text
+    assert dispensed.json()["status"] == "dispensed"
