@@ -1,8 +1,10 @@
 """Telling people about prescription changes, after commit (the database is the store).
 
 On-duty pharmacists of the hospital see their review queue move on ``/ws/console/``;
-the prescribing doctor sees their prescription change; the patient gets a push when it
-becomes active, is rejected, ships or is delivered and they are not in the app.
+the prescribing doctor sees their prescription change; the staff of the pharmacy that
+holds the claim are told (a cancel requested while they hold it); the patient gets a
+push when it becomes active, is rejected, ships or is delivered and they are not in the
+app. Pharmacy systems without a socket read ``cancel_requested`` from the API.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from backend.notifications.services import notify_if_away
-from backend.organisations.models import Practitioner, PractitionerKind
+from backend.organisations.models import PharmacyStaff, Practitioner, PractitionerKind
 from consultations.push import console_user_group
-from prescriptions.models import Prescription, PrescriptionEvent
+from prescriptions.models import Prescription, PrescriptionEvent, PrescriptionStatus
 
 PATIENT_NOTICES = {
     "approve": "处方已审核通过，可选择取药方式",
@@ -52,16 +54,25 @@ def after_change(prescription: Prescription, event: PrescriptionEvent) -> None:
     account_id = prescription.profile.account_id
     prescription_id = prescription.pk
     status = prescription.status
+    pharmacy_id = prescription.claimed_by_id or (event.pharmacy_id if event.pharmacy_id else None)
 
     def deliver() -> None:
         layer = get_channel_layer()
         if layer is not None:
-            recipients = set(
-                Practitioner.objects.filter(
-                    hospital_id=hospital_id, kind=PractitionerKind.PHARMACIST, on_duty=True
-                ).values_list("user_id", flat=True)
-            )
+            recipients: set[Any] = set()
+            if status != PrescriptionStatus.DRAFT:  # drafts are the doctor's own work
+                recipients.update(
+                    Practitioner.objects.filter(
+                        hospital_id=hospital_id, kind=PractitionerKind.PHARMACIST, on_duty=True
+                    ).values_list("user_id", flat=True)
+                )
             recipients.add(Practitioner.objects.values_list("user_id", flat=True).get(pk=doctor_id))
+            if pharmacy_id is not None:
+                recipients.update(
+                    PharmacyStaff.objects.filter(pharmacy_id=pharmacy_id).values_list(
+                        "user_id", flat=True
+                    )
+                )
             for user_id in sorted(recipients, key=str):
                 async_to_sync(layer.group_send)(
                     console_user_group(user_id), {"type": "console.event", "frame": frame}
