@@ -2,6 +2,7 @@ from django.urls import path
 
 from console import api, consultations, prescriptions
 from consultations import api as chat
+from prescriptions import fhir_api
 
 app_name = "console"
 
@@ -96,4 +97,9 @@ urlpatterns = [
         name="prescription-bundle",
     ),
     path("reviews", prescriptions.ReviewsApi.as_view(), name="reviews"),
+    path(
+        "prescriptions/<uuid:prescription_id>/fhir",
+        fhir_api.ConsoleFhirApi.as_view(),
+        name="prescription-fhir",
+    ),
 ]

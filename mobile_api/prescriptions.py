@@ -26,10 +26,10 @@ from backend.identity.authentication import request_account
 from backend.organisations.models import Pharmacy
 from consultations.serializers import OptionalReasonInput
 from mobile_api.permissions import IsPatient
-from prescriptions.lifecycle import CLAIMABLE
-from prescriptions.models import Prescription
+from prescriptions.lifecycle import BEFORE_REVIEW, CLAIMABLE
+from prescriptions.models import Prescription, PrescriptionStatus
 from prescriptions.selectors import (
-    prescription_bundle_of,
+    prescription_bundle_or_none,
     prescription_history,
     prescription_visible_to,
     prescriptions_of_account,
@@ -74,7 +74,7 @@ def _detail(request: Request, prescription_id: UUID | str) -> dict[str, Any]:
     base = request.build_absolute_uri(f"/api/mobile/v1/prescriptions/{prescription.pk}/")
     body["qr"] = {"png": base + "qr.png", "svg": base + "qr.svg"} if claimable else None
     body["delivery_address"] = delivery_address(prescription)
-    body["bundle"] = prescription_bundle_of(prescription=prescription)
+    body["bundle"] = prescription_bundle_or_none(prescription=prescription)
     return body
 
 
@@ -119,9 +119,14 @@ class _QrApi(ApiView):
         account = request_account(request)
         prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
         if prescription.status not in CLAIMABLE:
+            code = {
+                PrescriptionStatus.CANCELLED: "prescription_cancelled",
+                PrescriptionStatus.EXPIRED: "prescription_expired",
+            }.get(PrescriptionStatus(prescription.status))
+            if code is None:
+                code = "not_reviewed" if prescription.status in BEFORE_REVIEW else "already_claimed"
             raise DomainError(
-                "not_reviewed" if prescription.status != "claimed" else "already_claimed",
-                "The code exists while the prescription is approved and not yet claimed.",
+                code, "The code is shown while the prescription is approved and not yet claimed."
             )
         audit_record(
             action="prescription.qr_viewed",

@@ -2,6 +2,7 @@ from django.urls import path
 
 from consultations import api as chat
 from mobile_api import api, consultations, devices, directory, patients, prescriptions
+from prescriptions import fhir_api
 
 app_name = "mobile"
 
@@ -77,4 +78,9 @@ urlpatterns = [
         name="prescription-cancel",
     ),
     path("pharmacies", prescriptions.PharmaciesApi.as_view(), name="pharmacies"),
+    path(
+        "prescriptions/<uuid:prescription_id>/fhir",
+        fhir_api.PatientFhirApi.as_view(),
+        name="prescription-fhir",
+    ),
 ]

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from prescriptions import fhir_api
 from prescriptions import pharmacy_api as api
 
 app_name = "pharmacy"
@@ -22,4 +23,7 @@ urlpatterns = [
     path("prescriptions/<uuid:prescription_id>/release", api.ReleaseApi.as_view(), name="release"),
     path("prescriptions/<uuid:prescription_id>/ship", api.ShipApi.as_view(), name="ship"),
     path("prescriptions/<uuid:prescription_id>/deliver", api.DeliverApi.as_view(), name="deliver"),
+    path(
+        "prescriptions/<uuid:prescription_id>/fhir", fhir_api.PharmacyFhirApi.as_view(), name="fhir"
+    ),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from backend.api.problems import DomainError
 from backend.identity.models import Role, User
@@ -29,13 +29,17 @@ def _with_lines(qs: QuerySet[Prescription]) -> QuerySet[Prescription]:
     )
 
 
+def _signed_once() -> Exists:
+    return Exists(PrescriptionVersion.objects.filter(prescription=OuterRef("pk")))
+
+
 def prescriptions_of_account(*, account: User) -> QuerySet[Prescription]:
-    """A patient's (and their dependants') prescriptions from signing on: drafts are the
-    doctor's work in progress."""
+    """A patient's (and their dependants') prescriptions once signed: drafts, and drafts
+    the doctor threw away unsigned, are the doctor's own work."""
     return _with_lines(
-        Prescription.objects.filter(profile__account=account).exclude(
-            status=PrescriptionStatus.DRAFT
-        )
+        Prescription.objects.filter(profile__account=account)
+        .filter(_signed_once())
+        .exclude(status=PrescriptionStatus.DRAFT)
     )
 
 
@@ -67,7 +71,11 @@ def prescription_visible_to(*, user: User, prescription_id: UUID | str) -> Presc
     pharmacist of the hospital); 404 otherwise, so ids are not probed."""
     qs = _with_lines(Prescription.objects.filter(pk=prescription_id))
     if user.role == Role.PATIENT:
-        qs = qs.filter(profile__account=user).exclude(status=PrescriptionStatus.DRAFT)
+        qs = (
+            qs.filter(profile__account=user)
+            .filter(_signed_once())
+            .exclude(status=PrescriptionStatus.DRAFT)
+        )
     elif user.role in (Role.DOCTOR, Role.PHARMACIST):
         practitioner = Practitioner.objects.filter(user=user).first()
         if practitioner is None:
@@ -118,6 +126,11 @@ def prescription_verification(*, prescription: Prescription) -> dict[str, Any] |
     except VerificationError as exc:
         return {"valid": False, "code": exc.code, "reason": exc.message}
     return verified.summary()
+
+
+def prescription_bundle_or_none(*, prescription: Prescription) -> dict[str, Any] | None:
+    version = version_current(prescription=prescription)
+    return None if version is None else prescription_bundle(version, status=prescription.status)
 
 
 def prescription_bundle_of(*, prescription: Prescription) -> dict[str, Any]:

@@ -487,18 +487,7 @@ def prescription_update(
         drafts = (
             _line_drafts(lines)
             if "lines" in fields and lines is not None
-            else [
-                rules.LineDraft(
-                    drug=line.drug,
-                    dose=line.dose,
-                    dose_unit=line.dose_unit,
-                    frequency=line.frequency,
-                    route=line.route,
-                    days=line.days,
-                    quantity=line.quantity,
-                )
-                for line in prescription.lines.select_related("drug")
-            ]
+            else _stored_drafts(prescription)
         )
         if "validity_days" in fields and validity_days is not None:
             prescription.validity_days = _validity(validity_days)
@@ -539,9 +528,8 @@ def prescription_update(
     return Draft(prescription, checks)
 
 
-def prescription_checks_of(*, prescription: Prescription) -> list[rules.Check]:
-    """The rule checks of a stored prescription (for the console's detail view)."""
-    drafts = [
+def _stored_drafts(prescription: Prescription) -> list[rules.LineDraft]:
+    return [
         rules.LineDraft(
             drug=line.drug,
             dose=line.dose,
@@ -553,6 +541,11 @@ def prescription_checks_of(*, prescription: Prescription) -> list[rules.Check]:
         )
         for line in prescription.lines.select_related("drug")
     ]
+
+
+def prescription_checks_of(*, prescription: Prescription) -> list[rules.Check]:
+    """The rule checks of a stored prescription (for the console's detail view)."""
+    drafts = _stored_drafts(prescription)
     return rules.prescription_checks(
         profile=prescription.profile,
         lines=drafts,
@@ -592,6 +585,23 @@ def prescription_sign(
         machine_credential=machine_credential,
         meta=meta,
     )
+    # The rules run again at signing (the catalogue or the patient's age may have
+    # changed since drafting); a controlled drug refused here is kept like at drafting.
+    unlocked = (
+        Prescription.objects.select_related("profile")
+        .filter(pk=prescription_id, hospital_id=doctor.hospital_id)
+        .first()
+    )
+    if unlocked is not None and unlocked.status == S.DRAFT:
+        checks = prescription_checks_of(prescription=unlocked)
+        if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
+            _record_controlled_attempt(
+                consultation=Consultation.objects.get(pk=unlocked.consultation_id),
+                doctor=doctor,
+                checks=checks,
+                drafts=_stored_drafts(unlocked),
+                meta=meta,
+            )
     with transaction.atomic():
         prescription = _locked(prescription_id)
         if prescription.hospital_id != doctor.hospital_id:
@@ -604,13 +614,17 @@ def prescription_sign(
             raise _state_error(prescription, "sign")
         rules.raise_for(prescription_checks_of(prescription=prescription))
         lines = list(prescription.lines.all())
+        # One clock reading for the issue time and the signature time, so that a
+        # signature made at midnight is not dated the day after its issue.
         issued_at = timezone.now()
         valid_until = _end_of_validity(issued_at, prescription.validity_days)
         content = prescription_content(
             prescription, lines, issued_at=issued_at, valid_until=valid_until
         )
         signed_bytes = canonical(content)
-        signature = signature_create(act=act, purpose="prescription", data=signed_bytes)
+        signature = signature_create(
+            act=act, purpose="prescription", data=signed_bytes, signed_at=issued_at
+        )
         PrescriptionVersion.objects.create(
             prescription=prescription,
             version=prescription.version,
@@ -687,7 +701,7 @@ def prescription_approve(
         version = _current_version(prescription)
         _verified(version, require_review=False)
         statement = canonical(review_statement(version, pharmacist=pharmacist, reviewed_at=now))
-        signature = signature_create(act=act, purpose="review", data=statement)
+        signature = signature_create(act=act, purpose="review", data=statement, signed_at=now)
         version.review_result = "approved"
         version.reviewed_by = pharmacist
         version.reviewed_at = signature.signed_at
@@ -771,6 +785,14 @@ def prescription_revise(
 # --- Cancel and expiry ------------------------------------------------------------------------
 
 
+def _patient_sees(prescription: Prescription) -> bool:
+    """Patients see a prescription once it was signed; drafts are the doctor's."""
+    return (
+        prescription.status != S.DRAFT
+        and PrescriptionVersion.objects.filter(prescription=prescription).exists()
+    )
+
+
 @dataclass(frozen=True)
 class CancelOutcome:
     prescription: Prescription
@@ -790,7 +812,7 @@ def prescription_cancel(
     reason = reason.strip() or "cancelled"
     with transaction.atomic():
         prescription = _locked(prescription_id)
-        is_patient = prescription.profile.account_id == user.pk
+        is_patient = prescription.profile.account_id == user.pk and _patient_sees(prescription)
         is_doctor = prescription.doctor.user_id == user.pk
         if not (is_patient or is_doctor):
             raise DomainError("not_found", "No such prescription.")
@@ -1241,7 +1263,7 @@ def prescription_fulfilment_choose(
     """Pick-up at a pharmacy or home delivery; changeable until a pharmacy claims it."""
     with transaction.atomic():
         prescription = _locked(prescription_id)
-        if prescription.profile.account_id != account.pk:
+        if prescription.profile.account_id != account.pk or not _patient_sees(prescription):
             raise DomainError("not_found", "No such prescription.")
         if prescription.status in CLOSED or prescription.status not in (
             *BEFORE_REVIEW,

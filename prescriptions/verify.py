@@ -134,7 +134,11 @@ def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
         raise VerificationError("not_canonical", f"{what} is not JSON") from exc
     if not isinstance(content, dict):
         raise VerificationError("not_canonical", f"{what} is not a JSON object")
-    if rfc8785.dumps(content) != raw:
+    try:
+        canonical = rfc8785.dumps(content)
+    except (ValueError, TypeError) as exc:  # numbers outside I-JSON's range
+        raise VerificationError("not_canonical", f"{what} has values JSON cannot carry") from exc
+    if canonical != raw:
         raise VerificationError("not_canonical", f"{what} is not RFC 8785 canonical JSON")
     return content
 

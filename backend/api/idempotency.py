@@ -119,7 +119,7 @@ def idempotency_complete(record: IdempotencyRecord, response: Response) -> None:
     IdempotencyRecord.objects.filter(pk=record.pk).update(
         status=IdempotencyRecord.Status.COMPLETED,
         response_status=response.status_code,
-        response_body=body,
+        response_body=json.dumps(body, ensure_ascii=False),
     )
 
 
@@ -131,7 +131,7 @@ def idempotency_abandon(record: IdempotencyRecord) -> None:
 
 def replay_response(record: IdempotencyRecord) -> Response:
     return Response(
-        record.response_body,
+        json.loads(record.response_body) if record.response_body is not None else None,
         status=record.response_status or 200,
         headers={"Idempotent-Replayed": "true"},
     )

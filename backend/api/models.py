@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from backend.crypto.fields import EncryptedTextField
+
 
 class IdempotencyRecord(models.Model):
     """The stored outcome of a mutating call made with an ``Idempotency-Key``."""
@@ -17,7 +19,9 @@ class IdempotencyRecord(models.Model):
     fingerprint = models.CharField(max_length=64)
     status = models.CharField(max_length=20, choices=Status.choices)
     response_status = models.PositiveSmallIntegerField(null=True)
-    response_body = models.JSONField(null=True)
+    #: JSON text, encrypted: replayed answers carry health data and credentials (a
+    #: pharmacy's claim secret), which must not sit in clear in this table.
+    response_body = EncryptedTextField(null=True)
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
 

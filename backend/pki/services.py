@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -430,6 +431,7 @@ class SigningAct:
     purpose: str
     authorised_at: float
     _issuer: object = field(repr=False)
+    nonce: str = field(default_factory=lambda: secrets.token_hex(16))
     used: bool = False
 
 
@@ -475,19 +477,26 @@ def signing_act_authorise(
     )
 
 
-def signature_create(*, act: SigningAct, purpose: str, data: bytes) -> Signature:
-    """Sign ``data`` for the person who made ``act``; each act signs once."""
+def signature_create(
+    *, act: SigningAct, purpose: str, data: bytes, signed_at: dt.datetime | None = None
+) -> Signature:
+    """Sign ``data`` for the person who made ``act``; each act signs once (a copy of the
+    act is the same act: its nonce is spent in the shared cache). ``signed_at`` lets the
+    caller date the signature with the same clock reading as the content it signs."""
     if (
         not isinstance(act, SigningAct)
         or act._issuer is not _ISSUED
         or act.used
         or act.purpose != purpose
         or time.monotonic() - act.authorised_at > settings.SIGNING_ACT_MAX_AGE_SECONDS
+        or not cache.add(
+            f"pki:act:{act.nonce}", 1, timeout=settings.SIGNING_ACT_MAX_AGE_SECONDS * 2
+        )
     ):
         raise DomainError("signature_required", "Sign again with a fresh authenticator code.")
     act.used = True
     certificate = SigningCertificate.objects.select_related("authority").get(pk=act.certificate.pk)
-    now = timezone.now()
+    now = signed_at or timezone.now()
     if certificate.revoked_at is not None:
         raise DomainError("certificate_revoked")
     if not certificate.not_before <= now < certificate.not_after:
