@@ -287,6 +287,14 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "prescriptions.tasks.release_idle_claims",
         "schedule": 60.0,
     },
+    "sweep-regulator-outbox": {
+        "task": "regulators.tasks.sweep_outbox",
+        "schedule": float(os.environ.get("REGULATOR_SWEEP_SECONDS", "5")),
+    },
+    "check-upload-delays": {
+        "task": "regulators.tasks.check_upload_delays",
+        "schedule": 60.0,
+    },
     "purge-expired-idempotency-keys": {
         "task": "backend.api.tasks.purge_expired_idempotency_keys",
         "schedule": 3600.0,
@@ -415,6 +423,16 @@ PRESCRIPTION_CLAIM_IDLE_MINUTES = env_int("PRESCRIPTION_CLAIM_IDLE_MINUTES", 120
 ACCESS_CODE_WINDOW_SECONDS = env_int("ACCESS_CODE_WINDOW_SECONDS", 900)
 ACCESS_CODE_MAX_FAILURES_PER_PHARMACY = env_int("ACCESS_CODE_MAX_FAILURES_PER_PHARMACY", 20)
 ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION = env_int("ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION", 5)
+
+# --- Regulator reporting ------------------------------------------------------------------
+#: A record unacknowledged for this long raises an upload-delay alert (DOMAIN rule 15).
+REGULATOR_UPLOAD_DELAY_ALERT_SECONDS = env_int("REGULATOR_UPLOAD_DELAY_ALERT_SECONDS", 300)
+REGULATOR_RETRY_BASE_SECONDS = env_int("REGULATOR_RETRY_BASE_SECONDS", 2)
+REGULATOR_RETRY_MAX_SECONDS = env_int("REGULATOR_RETRY_MAX_SECONDS", 600)
+#: How long a worker holds a record it is sending; a killed worker's lease runs out.
+REGULATOR_DELIVERY_LEASE_SECONDS = env_int("REGULATOR_DELIVERY_LEASE_SECONDS", 60)
+#: The bundled provincial platform peer the demo starts (see peers/regulator).
+REGULATOR_PEER_PORT = env_int("REGULATOR_PEER_PORT", 8701)
 
 # --- HTTP API --------------------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)

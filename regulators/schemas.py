@@ -1,0 +1,189 @@
+"""JSON Schemas of the records the platform receives (DOMAIN.md, "What the regulator
+receives"). Every payload is validated before it is stored: a record that does not match
+is a bug in its builder, and the business transaction is refused rather than reporting
+something the platform would reject later."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+_STR = {"type": "string"}
+_OPT_STR = {"type": ["string", "null"]}
+_INT = {"type": "integer", "minimum": 0}
+_TIME = {"type": "string", "format": "date-time", "minLength": 20}
+_OPT_TIME = {"type": ["string", "null"]}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": sorted(required),
+        "properties": {**required, **(optional or {})},
+    }
+
+
+PERSON_ID = _object({"name": _STR, "id_type": _STR, "id_number": _STR})
+PATIENT = _object(
+    {"name": _STR, "id_type": _STR, "id_number": _STR, "sex": _STR, "birth_date": _STR},
+    {"guardian": {"type": ["object", "null"]}},
+)
+STAFF_REF = _object({"name": _STR, "practice_certificate_number": _STR})
+DIAGNOSIS = _object({"icd10": _STR, "name": _STR, "main": {"type": "boolean"}})
+
+CONSULTATION = _object(
+    {
+        "consultation_id": _STR,
+        "event": _STR,
+        "status": _STR,
+        "kind": {"const": "follow_up"},
+        "mode": {"enum": ["text", "audio", "video"]},
+        "patient": PATIENT,
+        "department_code": _STR,
+        "requested_at": _TIME,
+        "prior_diagnosis": _object(
+            {"institution": _STR, "diagnosed_on": _STR, "icd10": _STR, "name": _STR},
+            {"document_sha256": _STR},
+        ),
+        "fee": _INT,
+    },
+    {
+        "doctor": {"oneOf": [STAFF_REF, {"type": "null"}]},
+        "accepted_at": _OPT_TIME,
+        "ended_at": _OPT_TIME,
+        "chief_complaint": _STR,
+        "history": _STR,
+        "allergies": {"type": "array", "items": _STR},
+        "diagnoses": {"type": "array", "items": DIAGNOSIS},
+        "end_reason": _STR,
+        "chat_record": _OPT_STR,
+    },
+)
+
+LINE = _object(
+    {
+        "drug_code": _STR,
+        "drug_name": _STR,
+        "specification": _STR,
+        "dose": _STR,
+        "dose_unit": _STR,
+        "frequency": _STR,
+        "route": _STR,
+        "days": _INT,
+        "quantity": _INT,
+        "unit_price": _INT,
+    }
+)
+
+PRESCRIPTION = _object(
+    {
+        "prescription_id": _STR,
+        "version": _INT,
+        "event": _STR,
+        "status": {"enum": ["issued", "revoked", "reviewed", "rejected", "expired"]},
+        "consultation_id": _STR,
+        "type": {"enum": ["western", "chinese_patent", "herbal"]},
+        "issued_at": _TIME,
+        "valid_until": _TIME,
+        "lines": {"type": "array", "minItems": 1, "items": LINE},
+        "total": _INT,
+        "doctor": STAFF_REF,
+        "doctor_signature": _object(
+            {"value": _STR, "signed_at": _TIME, "certificate_serial": _STR, "algorithm": _STR}
+        ),
+    },
+    {"reason": _STR},
+)
+
+REVIEW = _object(
+    {
+        "prescription_id": _STR,
+        "version": _INT,
+        "pharmacist": STAFF_REF,
+        "reviewed_at": _TIME,
+        "result": {"enum": ["pass", "fail"]},
+    },
+    {"reason": _STR, "signature": {"type": ["object", "null"]}},
+)
+
+DISPENSE = _object(
+    {
+        "prescription_id": _STR,
+        "event": {"enum": ["dispensed", "shipped", "delivered"]},
+        "delivery_type": {"enum": ["hospital_pharmacy", "home_delivery", "retail_pharmacy"]},
+        "pharmacy": _object({"code": _STR, "name": _STR}),
+    },
+    {
+        "dispensed_at": _OPT_TIME,
+        "dispensing_pharmacist": {"type": ["string", "null"]},
+        "courier": _STR,
+        "tracking_number": _STR,
+        "shipped_at": _OPT_TIME,
+        "delivered_at": _OPT_TIME,
+        "lines": {"type": "array"},
+    },
+)
+
+ALERT = _object(
+    {
+        "alert_id": _STR,
+        "kind": _STR,
+        "rule": _STR,
+        "raised_at": _TIME,
+    },
+    {"subject_type": _STR, "subject_id": _STR, "details": {"type": "object"}},
+)
+
+FILING_INSTITUTION = _object(
+    {
+        "platform_id": _STR,
+        "uscc": {"type": "string", "minLength": 18, "maxLength": 18},
+        "name": _STR,
+        "practice_licence_number": _STR,
+        "practice_licence_valid_until": _STR,
+        "seal_certificate_pem": _STR,
+    }
+)
+
+FILING_PRACTITIONER = _object(
+    {
+        "role": {"enum": ["doctor", "pharmacist"]},
+        "name": _STR,
+        "id_type": _STR,
+        "id_number": _STR,
+        "practice_certificate_number": _STR,
+        "qualification_certificate_number": _STR,
+        "title": _STR,
+        "department": _OPT_STR,
+        "filing_status": _STR,
+        "years_of_practice": _INT,
+    },
+    {"certificate_serial": _OPT_STR},
+)
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "filing.institution": FILING_INSTITUTION,
+    "filing.practitioner": FILING_PRACTITIONER,
+    "consultation": CONSULTATION,
+    "prescription": PRESCRIPTION,
+    "review": REVIEW,
+    "dispense": DISPENSE,
+    "alert": ALERT,
+}
+
+
+@cache
+def validator(record_type: str) -> Draft202012Validator:
+    family = record_type.split(".")[0] if record_type not in SCHEMAS else record_type
+    return Draft202012Validator(SCHEMAS[family])
+
+
+def payload_errors(record_type: str, payload: dict[str, Any]) -> list[str]:
+    if record_type not in SCHEMAS and record_type.split(".")[0] not in SCHEMAS:
+        return [f"unknown record type {record_type!r}"]
+    return [
+        f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+        for error in validator(record_type).iter_errors(payload)
+    ]
