@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/console/v1/", include("console.urls")),
     path("api/pharmacy/v1/", include("prescriptions.pharmacy_urls")),
     path("api/pki/v1/", include("backend.pki.urls")),
+    path("api/regulator/v1/", include("regulators.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -26,7 +26,7 @@ from backend.organisations.models import (
     PractitionerKind,
 )
 from backend.patients.models import PatientProfile
-from consultations import push
+from consultations import push, reporting
 from consultations.lifecycle import CLOSED, TRANSITIONS
 from consultations.models import (
     Consultation,
@@ -187,7 +187,12 @@ class _Actor:
 
 
 def _locked(consultation_id: UUID | str) -> Consultation:
-    found = Consultation.objects.select_for_update().filter(pk=consultation_id).first()
+    found = (
+        Consultation.objects.select_for_update(of=("self",))
+        .select_related("profile", "prior_diagnosis", "department", "hospital", "doctor__user")
+        .filter(pk=consultation_id)
+        .first()
+    )
     if found is None:
         raise DomainError("not_found", "No such consultation.")
     return found
@@ -240,7 +245,8 @@ def _transition(
         after={"status": transition.target, "reason": reason, **(data or {})},
         meta=meta,
     )
-    # Regulator reporting (issue 7) plugs in here, in this same transaction.
+    # The regulator record, in this same transaction (the outbox delivers it after).
+    reporting.report_transition(consultation, event)
     push.after_transition(consultation, event)
     return event
 

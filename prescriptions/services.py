@@ -34,7 +34,7 @@ from backend.organisations.models import (
 from backend.pki.services import seal_sign, signature_create, signing_act_authorise
 from consultations.lifecycle import CLOSED as CONSULTATION_CLOSED
 from consultations.models import Consultation, ConsultationStatus
-from prescriptions import push, rules
+from prescriptions import push, reporting, rules
 from prescriptions.lifecycle import BEFORE_REVIEW, CLOSED, TRANSITIONS
 from prescriptions.models import (
     AccessCodeFailure,
@@ -124,7 +124,8 @@ def _transition(
         },
         meta=meta,
     )
-    # Regulator reporting (issue 7) plugs in here, in this same transaction.
+    # The regulator record, in this same transaction (the outbox delivers it after).
+    reporting.report_transition(prescription, event)
     push.after_change(prescription, event)
     return event
 
@@ -299,7 +300,7 @@ def _record_controlled_attempt(
             after={"attempt": attempt.pk, "drugs": controlled},
             meta=meta,
         )
-        # The regulator alert (issue 7) is written here, in this same transaction.
+        reporting.report_controlled_attempt(attempt)
 
 
 def _checked(

@@ -94,7 +94,13 @@ PRESCRIPTION = _object(
             {"value": _STR, "signed_at": _TIME, "certificate_serial": _STR, "algorithm": _STR}
         ),
     },
-    {"reason": _STR},
+    {
+        "reason": _STR,
+        "patient_birth_date": _STR,
+        "guardian": {"type": ["object", "null"]},
+        "specialist": {"type": ["object", "null"]},
+        "chronic_reason": _STR,
+    },
 )
 
 REVIEW = _object(

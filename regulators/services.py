@@ -49,6 +49,8 @@ from regulators.schemas import payload_errors
 
 logger = logging.getLogger(__name__)
 
+INSTITUTION_FILING = "filing.institution"
+
 
 def _time(value: dt.datetime) -> str:
     return timezone.localtime(value).isoformat()
@@ -82,6 +84,17 @@ def outbox_append(
             "invalid_record",
             f"The {record_type} record does not match its schema: " + "; ".join(errors[:5]),
         )
+    if (
+        record_type != INSTITUTION_FILING
+        and not OutboxRecord.objects.filter(
+            hospital=hospital, record_type=INSTITUTION_FILING
+        ).exists()
+    ):
+        # The platform verifies every record against the seal certificate it learns from
+        # the institution's filing: a hospital's first record brings that filing first.
+        from regulators.filings import filing_institution
+
+        filing_institution(hospital=hospital)
     seal = seal_sign(hospital=hospital, data=rfc8785.dumps(payload))
     now = timezone.now()
     record = OutboxRecord.objects.create(
@@ -206,13 +219,13 @@ def _lease(record_pk: int, now: dt.datetime) -> bool:
 
 
 def _blocked(record: OutboxRecord) -> bool:
-    """An earlier record of the same aggregate is not acknowledged yet."""
+    """An earlier record of the same aggregate, or the hospital's institution filing
+    (which carries the certificate the platform verifies with), is not acknowledged."""
+    earlier = Q(aggregate_type=record.aggregate_type, aggregate_id=record.aggregate_id)
+    if record.record_type != INSTITUTION_FILING:
+        earlier |= Q(hospital_id=record.hospital_id, record_type=INSTITUTION_FILING)
     return (
-        OutboxRecord.objects.filter(
-            aggregate_type=record.aggregate_type,
-            aggregate_id=record.aggregate_id,
-            id__lt=record.pk,
-        )
+        OutboxRecord.objects.filter(earlier, id__lt=record.pk)
         .exclude(status=RecordStatus.ACKNOWLEDGED)
         .exists()
     )
@@ -313,6 +326,8 @@ def feed_item(record: OutboxRecord) -> dict[str, Any]:
 
 def _after_ack(record: OutboxRecord) -> None:
     aggregate = (record.aggregate_type, record.aggregate_id)
+    institution_filing = record.record_type == INSTITUTION_FILING
+    hospital_id = record.hospital_id
     frame = {"type": "record", "record": feed_item(record)}
     group = regulator_group(record.province.code)
 
@@ -329,6 +344,8 @@ def _after_ack(record: OutboxRecord) -> None:
         )
         if following is not None:
             enqueue(following)
+        if institution_filing:  # everything of the hospital was waiting for it
+            records_sweep(hospital_id=hospital_id)
         layer = get_channel_layer()
         if layer is not None:
             try:
@@ -342,17 +359,19 @@ def _after_ack(record: OutboxRecord) -> None:
 # --- Periodic work --------------------------------------------------------------------------
 
 
-def records_sweep(*, now: dt.datetime | None = None, limit: int = 2000) -> int:
+def records_sweep(
+    *, now: dt.datetime | None = None, limit: int = 2000, hospital_id: Any = None
+) -> int:
     """Queue every due record whose lease is free: retries whose time came, records a
     crashed worker left behind, and any whose doorbell was lost. Heads of aggregates
     first (lowest id), which is the order they must go in."""
     now = now or timezone.now()
-    due = list(
-        OutboxRecord.objects.filter(status=RecordStatus.PENDING, next_attempt_at__lte=now)
-        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-        .order_by("id")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due_records = OutboxRecord.objects.filter(
+        status=RecordStatus.PENDING, next_attempt_at__lte=now
+    ).filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+    if hospital_id is not None:
+        due_records = due_records.filter(hospital_id=hospital_id)
+    due = list(due_records.order_by("id").values_list("pk", flat=True)[:limit])
     for pk in due:
         enqueue(pk)
     return len(due)

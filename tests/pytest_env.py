@@ -16,4 +16,5 @@ os.environ["DEMO_MODE"] = "1"
 os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix=f"ih-test-{_worker}-"))
 os.environ["CHANNEL_LAYER_PREFIX"] = f"ih-test-{os.getpid()}-{_worker}"
 os.environ["CACHE_KEY_PREFIX"] = f"ih-test-{os.getpid()}-{_worker}"
+os.environ["CELERY_DEFAULT_QUEUE"] = f"ih-test-{os.getpid()}-{_worker}"
 os.makedirs(os.path.join(os.environ["VAR_DIR"], "static"), exist_ok=True)

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from backend.crypto.fields import EncryptedTextField
 from backend.organisations.validators import validate_uscc
 
 
@@ -97,6 +98,9 @@ class Practitioner(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="practitioner"
     )
     kind = models.CharField(_("kind"), max_length=20, choices=PractitionerKind.choices)
+    #: For the regulator's staff filing (DOMAIN.md, "Filings"); encrypted at rest.
+    id_type = models.CharField(_("ID document type"), max_length=30, default="resident_id")
+    id_number = EncryptedTextField(_("ID document number"), blank=True)
     hospital = models.ForeignKey(Hospital, on_delete=models.PROTECT, related_name="practitioners")
     department = models.ForeignKey(
         Department, on_delete=models.PROTECT, null=True, blank=True, related_name="practitioners"

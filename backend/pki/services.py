@@ -507,8 +507,8 @@ def signature_create(
     )
 
 
-def seal_sign(*, hospital: Hospital, data: bytes) -> Signature:
-    """The institution's seal over ``data`` (receipts, regulator payloads); not personal."""
+def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
+    """The institution's current seal certificate (created with the CA if need be)."""
     authority = authority_create(hospital=hospital)
     certificate = (
         SigningCertificate.objects.select_related("authority")
@@ -519,6 +519,12 @@ def seal_sign(*, hospital: Hospital, data: bytes) -> Signature:
     if certificate is None:
         with transaction.atomic():
             certificate = _issue(authority=authority, role=CertificateRole.INSTITUTION)
+    return certificate
+
+
+def seal_sign(*, hospital: Hospital, data: bytes) -> Signature:
+    """The institution's seal over ``data`` (receipts, regulator payloads); not personal."""
+    certificate = seal_certificate(hospital=hospital)
     value = signer().sign(certificate=certificate, data=data)
     return Signature(
         algorithm=certificate.algorithm,

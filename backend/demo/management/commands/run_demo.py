@@ -3,6 +3,7 @@ WebSockets) and a Celery worker with embedded beat, supervised until Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,14 @@ class Command(BaseCommand):
         host, port = options["host"], options["port"]
         python = sys.executable
         env = {**os.environ, "DEMO_MODE": "1"}
+        # The bundled peers (the provincial platform, the payment gateway) are started
+        # with the command lines their apps' demo seeds give (the kernel knows no app).
+        peers = json.loads(seeded.getvalue()).get("peers", {})
         procs = {
+            f"{name} peer": subprocess.Popen(peer["argv"], env=env)  # noqa: S603
+            for name, peer in peers.items()
+        }
+        procs |= {
             "worker": subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                 [
                     python,
@@ -71,7 +79,11 @@ class Command(BaseCommand):
                 f"  Health:              {base}/healthz\n"
                 f"  Admin:               {base}/admin/   (user 'admin'; password: file below)\n"
                 f"  Console WebSocket:   ws://{host}:{port}/ws/console/\n"
-                f"  Demo logins, API tokens and TOTP secrets: {accounts_file}\n"
+                + "".join(
+                    f"  {name.capitalize() + ' peer:':<21}{peer['url']}/\n"
+                    for name, peer in peers.items()
+                )
+                + f"  Demo logins, API tokens and TOTP secrets: {accounts_file}\n"
                 "Press Ctrl-C to stop.\n"
             )
         )

@@ -1,0 +1,1 @@
+"""The bundled provincial regulatory platform (CONTRACT section 6, receiving side)."""

@@ -1,0 +1,173 @@
+"""What the provincial platform receives about prescriptions: the signed prescription
+(issued, revoked, expired), the pharmacist's review, and dispense and delivery, plus the
+controlled-drug alert. Built here, handed to the regulators outbox in the same
+transaction as the change."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from django.utils import timezone
+
+from prescriptions.models import (
+    ControlledDrugAttempt,
+    DispenseEntry,
+    Fulfilment,
+    Prescription,
+    PrescriptionEvent,
+    PrescriptionVersion,
+)
+from prescriptions.signing import line_content
+from regulators.models import AlertKind
+from regulators.services import alert_raise, outbox_append
+
+_PRESCRIPTION_STATUS = {"sign": "issued", "cancel": "revoked", "expire": "expired"}
+
+
+def _time(value: Any) -> str | None:
+    return timezone.localtime(value).isoformat() if value else None
+
+
+def _staff(practitioner: Any) -> dict[str, str]:
+    return {
+        "name": practitioner.user.display_name,
+        "practice_certificate_number": practitioner.practice_certificate_number,
+    }
+
+
+def _version(prescription: Prescription) -> PrescriptionVersion | None:
+    return (
+        PrescriptionVersion.objects.select_related("doctor_certificate", "reviewed_by__user")
+        .filter(prescription=prescription)
+        .order_by("-version")
+        .first()
+    )
+
+
+def _prescription_payload(
+    prescription: Prescription, version: PrescriptionVersion, event: PrescriptionEvent
+) -> dict[str, Any]:
+    lines = []
+    for line in prescription.lines.all():
+        item = line_content(line)
+        lines.append({k: item[k] for k in item if k not in ("position", "unit")})
+    payload: dict[str, Any] = {
+        "prescription_id": str(prescription.pk),
+        "version": version.version,
+        "event": event.action,
+        "status": _PRESCRIPTION_STATUS[event.action],
+        "consultation_id": str(prescription.consultation_id),
+        "type": prescription.kind,
+        "issued_at": _time(prescription.issued_at or version.signed_at),
+        "valid_until": _time(prescription.valid_until or version.signed_at),
+        "lines": lines,
+        "total": prescription.total,
+        "doctor": _staff(prescription.doctor),
+        "patient_birth_date": prescription.profile.birth_date.isoformat(),
+        "guardian": prescription.guardian,
+        "specialist": prescription.specialist,
+        "chronic_reason": prescription.chronic_reason,
+        "doctor_signature": {
+            "value": base64.b64encode(bytes(version.doctor_signature)).decode(),
+            "signed_at": _time(version.signed_at),
+            "certificate_serial": version.doctor_certificate.serial_number,
+            "algorithm": version.doctor_certificate.algorithm,
+        },
+    }
+    if event.reason:
+        payload["reason"] = event.reason
+    return payload
+
+
+def _review_payload(prescription: Prescription, version: PrescriptionVersion) -> dict[str, Any]:
+    assert version.reviewed_by is not None  # noqa: S101 - set by the review just before
+    signature = None
+    certificate = version.pharmacist_certificate
+    if version.pharmacist_signature is not None and certificate is not None:
+        signature = {
+            "value": base64.b64encode(bytes(version.pharmacist_signature)).decode(),
+            "certificate_serial": certificate.serial_number,
+        }
+    return {
+        "prescription_id": str(prescription.pk),
+        "version": version.version,
+        "pharmacist": _staff(version.reviewed_by),
+        "reviewed_at": _time(version.reviewed_at),
+        "result": "pass" if version.review_result == "approved" else "fail",
+        "reason": version.review_reason,
+        "signature": signature,
+    }
+
+
+def _dispense_payload(prescription: Prescription, event: PrescriptionEvent) -> dict[str, Any]:
+    pharmacy = prescription.dispensed_by or prescription.claimed_by
+    assert pharmacy is not None  # noqa: S101 - dispensed by a claiming pharmacy
+    entries = DispenseEntry.objects.filter(line__prescription=prescription).select_related("line")
+    return {
+        "prescription_id": str(prescription.pk),
+        "event": {"dispense": "dispensed", "ship": "shipped", "deliver": "delivered"}[event.action],
+        "delivery_type": (
+            "home_delivery" if prescription.fulfilment == Fulfilment.DELIVERY else "retail_pharmacy"
+        ),
+        "pharmacy": {"code": pharmacy.code, "name": pharmacy.name},
+        "dispensed_at": _time(prescription.dispensed_at),
+        "dispensing_pharmacist": next((e.pharmacist_name for e in entries), None),
+        "courier": prescription.courier,
+        "tracking_number": prescription.tracking_number,
+        "shipped_at": _time(prescription.shipped_at),
+        "delivered_at": _time(prescription.delivered_at),
+        "lines": [
+            {
+                "drug_code": e.line.drug_code,
+                "quantity": e.quantity,
+                "batch_number": e.batch_number,
+            }
+            for e in entries
+        ],
+    }
+
+
+def report_transition(prescription: Prescription, event: PrescriptionEvent) -> None:
+    """Called by the lifecycle service inside its transaction."""
+    action = event.action
+    if action in _PRESCRIPTION_STATUS:
+        version = _version(prescription)
+        if version is None:  # a draft cancelled before it was ever signed: nothing issued
+            return
+        record_type, payload = (
+            f"prescription.{_PRESCRIPTION_STATUS[action]}",
+            _prescription_payload(prescription, version, event),
+        )
+    elif action in ("approve", "reject"):
+        version = _version(prescription)
+        assert version is not None  # noqa: S101 - a review follows a signature
+        record_type, payload = "review", _review_payload(prescription, version)
+    elif action in ("dispense", "ship", "deliver"):
+        record_type, payload = f"dispense.{action}", _dispense_payload(prescription, event)
+    else:
+        return
+    outbox_append(
+        hospital=prescription.hospital,
+        record_type=record_type,
+        aggregate_type="prescription",
+        aggregate_id=prescription.pk,
+        occurred_at=event.created_at,
+        payload=payload,
+    )
+
+
+def report_controlled_attempt(attempt: ControlledDrugAttempt) -> None:
+    """DOMAIN rule 7: the refused attempt raises a regulator alert naming the rule."""
+    alert_raise(
+        hospital=attempt.doctor.hospital,
+        kind=AlertKind.CONTROLLED_DRUG,
+        rule="互联网诊疗不得开具特殊管理药品处方 (诊疗办法 第19条)",
+        subject_type="consultation",
+        subject_id=attempt.consultation_id,
+        details={
+            "doctor": _staff(attempt.doctor),
+            "drugs": attempt.drugs,
+            "attempted_at": _time(attempt.created_at),
+        },
+    )
