@@ -104,7 +104,13 @@ def test_demo_command_serves_the_whole_system_on_the_embedded_default(tmp_path):
         for k, v in os.environ.items()
         if k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE"}
     }
-    env.update(DEMO_MODE="1", VAR_DIR=str(tmp_path), DEMO_PORT=str(port))
+    env.update(
+        DEMO_MODE="1",
+        VAR_DIR=str(tmp_path),
+        DEMO_PORT=str(port),
+        REGULATOR_PEER_PORT=str(_free_port()),
+        REGULATOR_SWEEP_SECONDS="1",
+    )
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "run_demo"],
         cwd=ROOT,
@@ -153,6 +159,7 @@ def test_demo_command_serves_the_whole_system_on_the_embedded_default(tmp_path):
         )
         assert me.json()["username"] == patient["username"]
         _prescription_through_the_demo(base, seeded, tmp_path)
+        _the_platform_received_it(seeded["peers"]["regulator"]["url"])
     finally:
         proc.terminate()
         try:
@@ -281,3 +288,19 @@ def _prescription_through_the_demo(base: str, seeded: dict, tmp_path: Path) -> N
     )
     assert dispensed.status_code == 200, dispensed.text
     assert dispensed.json()["status"] == "dispensed"
+
+
+def _the_platform_received_it(peer: str) -> None:
+    """The demo's worker delivers the records to the bundled platform peer."""
+    wanted = {"filing.institution", "consultation.accepted", "prescription.issued", "review"}
+    wanted |= {"dispense.dispense"}
+    deadline = time.monotonic() + 60
+    types: set[str] = set()
+    while time.monotonic() < deadline:
+        page = httpx.get(f"{peer}/api/records", params={"limit": 500}, timeout=5).json()
+        types = {r["record_type"] for r in page["results"]}
+        if wanted <= types:
+            break
+        time.sleep(0.5)
+    assert wanted <= types, types
+    assert "<table" in httpx.get(f"{peer}/", timeout=5).text

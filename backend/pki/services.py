@@ -508,8 +508,12 @@ def signature_create(
 
 
 def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
-    """The institution's current seal certificate (created with the CA if need be)."""
-    authority = authority_create(hospital=hospital)
+    """The institution's current seal certificate (created with the CA if need be).
+    The CA is looked up without a lock: locking the hospital row on every seal crossed
+    lock orders with the audit chain head (deadlocks under load)."""
+    authority = CertificateAuthority.objects.filter(hospital=hospital).first() or authority_create(
+        hospital=hospital
+    )
     certificate = (
         SigningCertificate.objects.select_related("authority")
         .filter(authority=authority, role=CertificateRole.INSTITUTION, revoked_at=None)
