@@ -152,7 +152,9 @@ def indicators(
     names: dict[str, str] = {}
     ordered = list(records.order_by("id"))
     for record in ordered:
-        if record.record_type.startswith("consultation."):
+        if record.record_type.startswith("consultation.") and (
+            record.status == RecordStatus.ACKNOWLEDGED
+        ):
             doctor = (record.payload.get("doctor") or {}).get("practice_certificate_number")
             if doctor:
                 consultation_doctor[record.payload["consultation_id"]] = doctor
@@ -172,6 +174,8 @@ def indicators(
         row = rows[k]
         if record.status == RecordStatus.DEAD:
             row["upload_failures"] += 1
+        if record.status != RecordStatus.ACKNOWLEDGED:
+            continue  # the platform has not received it: it counts only as a failure
         if record.acknowledged_at is not None:
             delays[k].append((record.acknowledged_at - record.created_at).total_seconds())
         if kind == "consultation.requested":

@@ -536,14 +536,6 @@ def test_non_regulators_are_refused(method: str, path: str, department) -> None:
     assert anonymous.status_code == 401, anonymous.content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: regulators/selectors.py indicators() counts every outbox record of the "
-        "province, pending ones included, though the module and IndicatorsApi say the "
-        "indicators are computed from the records the platform received"
-    ),
-)
 def test_indicators_count_only_what_the_platform_received(
     province_peer: Platform, department
 ) -> None:
