@@ -619,6 +619,8 @@ def test_faults_need_the_admin_token_and_valid_values(peer: Peer) -> None:
         {"latency_ms": -1},
         {"refuse": {"count": 1}},
         {"explode": True},
+        {"seed": "7"},
+        {"seed": 1.5},
     ):
         response = peer.admin("/_faults", bad)
         assert response.status_code == 400, bad
@@ -636,6 +638,18 @@ def test_error_rate_answers_500_before_storing(peer: Peer, protocol: str) -> Non
     assert peer.stats()["injected_5xx"]["error_rate"] == 3
     peer.faults()
     assert send(peer, body, protocol).status == "accepted"
+
+
+def test_a_seed_replays_the_same_faults(peer: Peer) -> None:
+    def outcomes() -> list[int]:
+        peer.admin("/_reset")
+        peer.faults(error_rate=0.5, seed=42)
+        return [send(peer, filing(), "json_hmac").http for _ in range(24)]
+
+    first = outcomes()
+    assert peer.admin("/_faults", method="GET").json()["seed"] == 42
+    assert first == outcomes()
+    assert {200, 500} <= set(first)  # both kinds of answer, in a fixed order
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -192,6 +192,8 @@ class Faults:
     refuse: Refuse | None = None
     down_until: float = 0.0  # time.monotonic()
     hang_seconds: float = 0.0
+    seed: int | None = None  # replayable draws for error_rate and lose_ack_rate
+    rng: random.Random = field(default_factory=random.SystemRandom, repr=False)
 
     @classmethod
     def parse(cls, data: Any) -> Faults:
@@ -204,6 +206,7 @@ class Faults:
             "refuse",
             "down_for_seconds",
             "hang_seconds",
+            "seed",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -214,6 +217,12 @@ class Faults:
             latency_ms=_number(data, "latency_ms", 0.0, 600_000.0),
             hang_seconds=_number(data, "hang_seconds", 0.0, 3600.0),
         )
+        seed = data.get("seed")
+        if seed is not None:
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise ValueError("seed must be an integer")
+            faults.seed = seed
+            faults.rng = random.Random(seed)  # noqa: S311 - fault injection, not a secret
         down = _number(data, "down_for_seconds", 0.0, 86_400.0)
         if down:
             faults.down_until = time.monotonic() + down
@@ -233,6 +242,7 @@ class Faults:
             "refuse": self.refuse.describe() if self.refuse and self.refuse.count > 0 else None,
             "down_for_seconds": round(self.down_remaining(), 3),
             "hang_seconds": self.hang_seconds,
+            "seed": self.seed,
         }
 
 
@@ -398,7 +408,6 @@ class RegulatorPeer:
         self.store = store or Store(config.db_path)
         self.faults = Faults()
         self._keys: dict[str, tuple[str, PublicKey]] = {}
-        self._rng = random.SystemRandom()
 
     # -- ASGI ------------------------------------------------------------------------
 
@@ -461,7 +470,7 @@ class RegulatorPeer:
 
     async def records(self, scope: Scope, body: bytes, protocol: str) -> Response:
         faults = self.faults
-        if faults.error_rate > 0 and self._rng.random() < faults.error_rate:
+        if faults.error_rate > 0 and faults.rng.random() < faults.error_rate:
             self.store.bump("injected_5xx:error_rate")
             response = problem(500, "internal_error", "internal error (injected)")
         else:
@@ -478,7 +487,7 @@ class RegulatorPeer:
                 if (
                     receipt.created
                     and faults.lose_ack_rate > 0
-                    and self._rng.random() < faults.lose_ack_rate
+                    and faults.rng.random() < faults.lose_ack_rate
                 ):
                     self.store.bump("injected_5xx:lose_ack")
                     response = problem(
