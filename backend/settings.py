@@ -17,6 +17,7 @@ from typing import Any
 
 import dj_database_url
 import django_stubs_ext
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 django_stubs_ext.monkeypatch()
@@ -293,6 +294,14 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "task": "regulators.tasks.sweep_outbox",
         "schedule": float(os.environ.get("REGULATOR_SWEEP_SECONDS", "5")),
     },
+    "sweep-payments": {
+        "task": "payments.tasks.sweep",
+        "schedule": 30.0,
+    },
+    "reconcile-payments": {
+        "task": "payments.tasks.reconcile_yesterday",
+        "schedule": crontab(hour=3, minute=30),
+    },
     "check-upload-delays": {
         "task": "regulators.tasks.check_upload_delays",
         "schedule": 60.0,
@@ -435,6 +444,18 @@ REGULATOR_RETRY_MAX_SECONDS = env_int("REGULATOR_RETRY_MAX_SECONDS", 600)
 REGULATOR_DELIVERY_LEASE_SECONDS = env_int("REGULATOR_DELIVERY_LEASE_SECONDS", 60)
 #: The bundled provincial platform peer the demo starts (see peers/regulator).
 REGULATOR_PEER_PORT = env_int("REGULATOR_PEER_PORT", 8701)
+
+# --- Payments ----------------------------------------------------------------------------
+#: An attempt (or refund) we heard nothing of for this long is queried at its gateway.
+PAYMENT_QUERY_AFTER_SECONDS = env_int("PAYMENT_QUERY_AFTER_SECONDS", 60)
+#: The share of the self-pay part refunded when a consultation is referred offline.
+PAYMENT_REFER_OFFLINE_REFUND_PERCENT = env_int("PAYMENT_REFER_OFFLINE_REFUND_PERCENT", 100)
+if not 0 <= PAYMENT_REFER_OFFLINE_REFUND_PERCENT <= 100:
+    raise ImproperlyConfigured("PAYMENT_REFER_OFFLINE_REFUND_PERCENT must be 0-100")
+#: The delivery fee of a prescription order delivered to the patient's home.
+PRESCRIPTION_DELIVERY_FEE = env_int("PRESCRIPTION_DELIVERY_FEE", 1000)
+#: The bundled payment peer the demo starts (see peers/payment).
+PAYMENT_PEER_PORT = env_int("PAYMENT_PEER_PORT", 8702)
 
 # --- HTTP API --------------------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 24 * 3600)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/pharmacy/v1/", include("prescriptions.pharmacy_urls")),
     path("api/pki/v1/", include("backend.pki.urls")),
     path("api/regulator/v1/", include("regulators.urls")),
+    path("api/payments/v1/", include("payments.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -26,7 +26,7 @@ from backend.organisations.models import (
     PractitionerKind,
 )
 from backend.patients.models import PatientProfile
-from consultations import push, reporting
+from consultations import billing, push, reporting
 from consultations.lifecycle import CLOSED, TRANSITIONS
 from consultations.models import (
     Consultation,
@@ -247,6 +247,7 @@ def _transition(
     )
     # The regulator record, in this same transaction (the outbox delivers it after).
     reporting.report_transition(consultation, event)
+    billing.after_transition(consultation, event)
     push.after_transition(consultation, event)
     return event
 
@@ -300,6 +301,7 @@ def consultation_request(
             "That diagnosis belongs to another profile.",
             errors={"prior_diagnosis": ["Not a record of this patient."]},
         )
+    fee = billing.listed_fee(department=department, doctor=doctor)
     now = timezone.now()
     with transaction.atomic():
         # Serialise requests of one profile so that two taps do not open two consultations.
@@ -319,6 +321,7 @@ def consultation_request(
             mode=mode,
             status=ConsultationStatus.REQUESTED,
             complaint=complaint.strip(),
+            fee=fee,
             requested_at=now,
             expires_at=now + dt.timedelta(minutes=settings.CONSULTATION_EXPIRE_MINUTES),
         )
@@ -344,9 +347,24 @@ def consultation_request(
             },
             meta=meta,
         )
-        # Payment before queueing plugs in here (issue 8); until then it queues at once.
-        _transition(consultation, "enqueue", actor=None, meta=meta)
+        # With a fee it waits, out of every queue, until it is paid (consultation_paid).
+        if not billing.order_open_for_request(consultation):
+            _transition(consultation, "enqueue", actor=None, meta=meta)
     return consultation
+
+
+def consultation_paid(*, consultation_id: UUID | str) -> bool:
+    """Its fee order is paid: a consultation waiting for payment joins the queue.
+    Answers whether it still takes the money (False once cancelled or expired)."""
+    consultation = _locked(consultation_id)
+    if consultation.status == ConsultationStatus.REQUESTED:
+        _transition(consultation, "enqueue", actor=None, data={"paid": True})
+        return True
+    return consultation.status in (
+        ConsultationStatus.WAITING,
+        ConsultationStatus.IN_PROGRESS,
+        ConsultationStatus.ENDED,
+    )
 
 
 def _doctor_of(user: User) -> Practitioner:
@@ -452,6 +470,7 @@ def consultation_end(
     with transaction.atomic():
         consultation = _locked(consultation_id)
         _treating(consultation, doctor)
+        billing.end_fee_check(consultation, fee)
         _transition(
             consultation,
             "end",

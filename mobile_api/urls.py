@@ -1,7 +1,7 @@
 from django.urls import path
 
 from consultations import api as chat
-from mobile_api import api, consultations, devices, directory, patients, prescriptions
+from mobile_api import api, consultations, devices, directory, orders, patients, prescriptions
 from prescriptions import fhir_api
 
 app_name = "mobile"
@@ -51,6 +51,9 @@ urlpatterns = [
         chat.AttachmentDownloadApi.as_view(),
         name="consultation-attachment",
     ),
+    path("orders", orders.OrdersApi.as_view(), name="orders"),
+    path("orders/<uuid:order_id>", orders.OrderApi.as_view(), name="order"),
+    path("orders/<uuid:order_id>/pay", orders.OrderPayApi.as_view(), name="order-pay"),
     path("prescriptions", prescriptions.PatientPrescriptionsApi.as_view(), name="prescriptions"),
     path(
         "prescriptions/<uuid:prescription_id>",

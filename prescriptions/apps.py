@@ -6,4 +6,31 @@ class PrescriptionsConfig(AppConfig):
     verbose_name = "Prescriptions"
 
     def ready(self) -> None:
+        from payments.models import Order, OrderKind
+        from payments.services import OrderKindHooks, order_kind_register
         from prescriptions import problems  # noqa: F401  (registers the error codes)
+        from prescriptions.models import Prescription, PrescriptionStatus
+
+        #: After the pharmacist's approval and not cancelled or expired (DOMAIN rule 6).
+        approved = frozenset(
+            {
+                PrescriptionStatus.ACTIVE,
+                PrescriptionStatus.CLAIMED,
+                PrescriptionStatus.DISPENSED,
+                PrescriptionStatus.SHIPPED,
+                PrescriptionStatus.DELIVERED,
+            }
+        )
+
+        def approved_now(order: Order) -> bool:
+            status = (
+                Prescription.objects.filter(pk=order.subject_id)
+                .values_list("status", flat=True)
+                .first()
+            )
+            return status in approved
+
+        order_kind_register(
+            OrderKind.PRESCRIPTION,
+            OrderKindHooks(on_paid=approved_now, payable=approved_now),
+        )

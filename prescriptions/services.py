@@ -34,7 +34,7 @@ from backend.organisations.models import (
 from backend.pki.services import seal_sign, signature_create, signing_act_authorise
 from consultations.lifecycle import CLOSED as CONSULTATION_CLOSED
 from consultations.models import Consultation, ConsultationStatus
-from prescriptions import push, reporting, rules
+from prescriptions import billing, push, reporting, rules
 from prescriptions.lifecycle import BEFORE_REVIEW, CLOSED, TRANSITIONS
 from prescriptions.models import (
     AccessCodeFailure,
@@ -126,6 +126,7 @@ def _transition(
     )
     # The regulator record, in this same transaction (the outbox delivers it after).
     reporting.report_transition(prescription, event)
+    billing.after_transition(prescription, event)
     push.after_change(prescription, event)
     return event
 
@@ -1301,6 +1302,7 @@ def prescription_fulfilment_choose(
                 errors={"method": ["pickup or delivery"]},
             )
         prescription.save()
+        billing.after_fulfilment(prescription)
         audit_record(
             action="prescription.fulfilment",
             actor=account,

@@ -100,7 +100,9 @@ class RxScene(Scene):
     """A consultation in progress, a doctor and a pharmacist in console sessions, and a
     pharmacy system with its API token."""
 
-    def __init__(self, department: Department, **doctor_fields: Any) -> None:
+    def __init__(
+        self, department: Department, *, consultation: bool = True, **doctor_fields: Any
+    ) -> None:
         super().__init__(department, **doctor_fields)
         load_catalogue()
         certificate_issue(practitioner=self.doctor)
@@ -109,7 +111,8 @@ class RxScene(Scene):
         self.pharmacist_session = console_session(self.pharmacist.user)
         self.staff, self.pharmacy_api = pharmacy_staff()
         self.pharmacy = self.staff.pharmacy
-        self.consultation_id = self.in_progress()
+        #: Without ``consultation`` the test requests and accepts one itself (a fee first).
+        self.consultation_id = self.in_progress() if consultation else ""
 
     # --- doctor -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def test_demo_command_serves_the_whole_system_on_the_embedded_default(tmp_path):
         VAR_DIR=str(tmp_path),
         DEMO_PORT=str(port),
         REGULATOR_PEER_PORT=str(_free_port()),
+        PAYMENT_PEER_PORT=str(_free_port()),
         REGULATOR_SWEEP_SECONDS="1",
     )
     proc = subprocess.Popen(
@@ -215,6 +217,14 @@ def _prescription_through_the_demo(base: str, seeded: dict, tmp_path: Path) -> N
     )
     assert consultation.status_code == 201, consultation.text
     consultation_id = consultation.json()["id"]
+    # The demo department charges a fee: the consultation waits, out of the queue, until
+    # the patient pays on the gateway's page and its notification reaches the server.
+    assert consultation.json()["status"] == "requested"
+    fee = _order_of(mobile, consultation_id)
+    assert (fee["kind"], fee["status"], fee["total"]) == ("consultation_fee", "unpaid", 2000)
+    _pay(mobile, fee["id"], "wechat")
+    _wait_for(lambda: mobile.get(f"/consultations/{consultation_id}").json()["status"] == "waiting")
+    assert _order_of(mobile, consultation_id)["status"] == "paid"
 
     console = _console(base, doctor, step=-1)
     assert console.post("/api/console/v1/identity-check").json()["passed"] is True
@@ -254,6 +264,15 @@ def _prescription_through_the_demo(base: str, seeded: dict, tmp_path: Path) -> N
     )
     assert approved.status_code == 200, approved.text
 
+    # Approved: now (and only now) its order exists; insurance settles most of it and the
+    # patient pays the rest on the gateway's page.
+    drugs = _order_of(mobile, prescription_id)
+    assert (drugs["kind"], drugs["status"]) == ("prescription", "unpaid")
+    paying = _pay(mobile, drugs["id"], "insurance")
+    split = paying["insurance"]
+    assert split["fund_pay_sumamt"] + split["acct_pay"] + split["psn_cash_pay"] == drugs["total"]
+    _wait_for(lambda: _order_of(mobile, prescription_id)["status"] == "paid")
+
     code = mobile.get(f"/prescriptions/{prescription_id}").json()["access_code"]
     pharmacy = httpx.Client(
         base_url=f"{base}/api/pharmacy/v1",
@@ -288,6 +307,28 @@ def _prescription_through_the_demo(base: str, seeded: dict, tmp_path: Path) -> N
     )
     assert dispensed.status_code == 200, dispensed.text
     assert dispensed.json()["status"] == "dispensed"
+
+
+def _order_of(mobile: httpx.Client, subject_id: str) -> dict:
+    orders = mobile.get("/orders").json()["results"]
+    return next(o for o in orders if o["subject"] == subject_id)
+
+
+def _pay(mobile: httpx.Client, order_id: str, channel: str) -> dict:
+    started = mobile.post(f"/orders/{order_id}/pay", json={"channel": channel})
+    assert started.status_code == 200, started.text
+    body = started.json()
+    if not body["paid"]:
+        paid = httpx.post(body["pay_url"], headers={"Accept": "application/json"}, timeout=10)
+        assert paid.status_code == 200, paid.text
+    return dict(body)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def _the_platform_received_it(peer: str) -> None:

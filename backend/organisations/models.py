@@ -66,6 +66,11 @@ class Department(models.Model):
     code = models.CharField(_("code"), max_length=20)
     name = models.CharField(_("name"), max_length=100)
     is_active = models.BooleanField(_("active"), default=True)
+    consultation_fee = models.PositiveIntegerField(
+        _("consultation fee (fen)"),
+        default=0,
+        help_text=_("Paid when a consultation is requested; 0: nothing is charged up front"),
+    )
 
     class Meta:
         verbose_name = _("department")
@@ -123,6 +128,12 @@ class Practitioner(models.Model):
     licence_valid_until = models.DateField(_("licence valid until"))
     last_identity_check_at = models.DateTimeField(_("last identity check"), null=True, blank=True)
     on_duty = models.BooleanField(_("on duty"), default=False)
+    consultation_fee = models.PositiveIntegerField(
+        _("consultation fee (fen)"),
+        null=True,
+        blank=True,
+        help_text=_("A doctor's own fee; empty: the department's"),
+    )
 
     class Meta:
         verbose_name = _("practitioner")

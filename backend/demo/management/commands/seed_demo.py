@@ -32,7 +32,12 @@ class Command(BaseCommand):
         for config in apps.get_app_configs():
             module_name = f"{config.name}.demo_seed"
             if find_spec(module_name) is not None:
-                context.output.update(import_module(module_name).seed(context) or {})
+                seeded = import_module(module_name).seed(context) or {}
+                # Each app may bring a peer: the "peers" maps are merged, not replaced.
+                peers = {**context.output.get("peers", {}), **seeded.pop("peers", {})}
+                context.output.update(seeded)
+                if peers:
+                    context.output["peers"] = peers
         output = demo_credentials(context)
         output.update(context.output)
         self.stdout.write(json.dumps(output, ensure_ascii=False, indent=2))
