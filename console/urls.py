@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console import api, consultations, prescriptions
+from console import api, consultations, payments, prescriptions
 from consultations import api as chat
 from prescriptions import fhir_api
 
@@ -97,6 +97,11 @@ urlpatterns = [
         name="prescription-bundle",
     ),
     path("reviews", prescriptions.ReviewsApi.as_view(), name="reviews"),
+    path(
+        "payments/reconciliations",
+        payments.ReconciliationsApi.as_view(),
+        name="payments-reconciliations",
+    ),
     path(
         "prescriptions/<uuid:prescription_id>/fhir",
         fhir_api.ConsoleFhirApi.as_view(),

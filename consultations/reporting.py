@@ -10,6 +10,8 @@ from django.utils import timezone
 
 from backend.patients.models import PatientProfile, Relation
 from consultations.models import Consultation, ConsultationEvent
+from payments.models import OrderKind
+from payments.selectors import order_amounts
 from regulators.models import AlertKind
 from regulators.services import alert_raise, outbox_append
 
@@ -87,6 +89,7 @@ def consultation_payload(consultation: Consultation, event: str) -> dict[str, An
         "end_reason": consultation.status_reason,
         "chat_record": f"consultation:{consultation.pk}:messages:1-{consultation.last_seq}",
         "fee": consultation.fee,
+        "payment": order_amounts(kind=OrderKind.CONSULTATION_FEE, subject_id=consultation.pk),
     }
     return payload
 

@@ -245,9 +245,10 @@ def _transition(
         after={"status": transition.target, "reason": reason, **(data or {})},
         meta=meta,
     )
-    # The regulator record, in this same transaction (the outbox delivers it after).
-    reporting.report_transition(consultation, event)
+    # The order (closed, refunded, opened post-paid) and then the regulator record, in
+    # this same transaction, so the record carries the money (the outbox delivers after).
     billing.after_transition(consultation, event)
+    reporting.report_transition(consultation, event)
     push.after_transition(consultation, event)
     return event
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.utils import timezone
 
+from payments.models import OrderKind
+from payments.selectors import order_amounts
 from prescriptions.models import (
     ControlledDrugAttempt,
     DispenseEntry,
@@ -77,6 +79,7 @@ def _prescription_payload(
     }
     if event.reason:
         payload["reason"] = event.reason
+    payload["payment"] = order_amounts(kind=OrderKind.PRESCRIPTION, subject_id=prescription.pk)
     return payload
 
 
@@ -125,6 +128,7 @@ def _dispense_payload(prescription: Prescription, event: PrescriptionEvent) -> d
             }
             for e in entries
         ],
+        "payment": order_amounts(kind=OrderKind.PRESCRIPTION, subject_id=prescription.pk),
     }
 
 

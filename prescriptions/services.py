@@ -124,9 +124,10 @@ def _transition(
         },
         meta=meta,
     )
-    # The regulator record, in this same transaction (the outbox delivers it after).
-    reporting.report_transition(prescription, event)
+    # The order (opened on approval, closed or refunded) and then the regulator record,
+    # in this same transaction, so the record carries the money (delivered after commit).
     billing.after_transition(prescription, event)
+    reporting.report_transition(prescription, event)
     push.after_change(prescription, event)
     return event
 

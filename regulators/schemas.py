@@ -33,6 +33,23 @@ PATIENT = _object(
 STAFF_REF = _object({"name": _STR, "practice_certificate_number": _STR})
 DIAGNOSIS = _object({"icd10": _STR, "name": _STR, "main": {"type": "boolean"}})
 
+#: The order that pays for a consultation or a prescription (fen), once one exists.
+PAYMENT = {
+    "oneOf": [
+        _object(
+            {"order_id": _STR, "status": _STR, "total": _INT},
+            {
+                "channel": _STR,
+                "insurance_fund": _INT,
+                "insurance_account": _INT,
+                "self_pay": _INT,
+                "refunded": _INT,
+            },
+        ),
+        {"type": "null"},
+    ]
+}
+
 CONSULTATION = _object(
     {
         "consultation_id": _STR,
@@ -59,6 +76,7 @@ CONSULTATION = _object(
         "diagnoses": {"type": "array", "items": DIAGNOSIS},
         "end_reason": _STR,
         "chat_record": _OPT_STR,
+        "payment": PAYMENT,
     },
 )
 
@@ -100,6 +118,7 @@ PRESCRIPTION = _object(
         "guardian": {"type": ["object", "null"]},
         "specialist": {"type": ["object", "null"]},
         "chronic_reason": _STR,
+        "payment": PAYMENT,
     },
 )
 
@@ -129,6 +148,7 @@ DISPENSE = _object(
         "shipped_at": _OPT_TIME,
         "delivered_at": _OPT_TIME,
         "lines": {"type": "array"},
+        "payment": PAYMENT,
     },
 )
 

@@ -17,6 +17,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from backend.identity.models import Role
+from backend.organisations.models import HospitalAdministrator
 from consultations.models import Consultation
 from consultations.services import consultations_expire_due
 from payments.models import (
@@ -30,8 +32,11 @@ from payments.models import (
     Refund,
 )
 from prescriptions.services import prescriptions_expire_due
-from regulators.models import Alert, AlertKind
-from tests.consult_http_helpers import CONSOLE, MOBILE, Scene, end_body
+from regulators.models import Alert, AlertKind, OutboxRecord
+from tests.conftest import require_redis
+from tests.consult_helpers import client_for
+from tests.consult_http_helpers import CONSOLE, MOBILE, Scene, end_body, require_postgres
+from tests.factories import HospitalFactory, UserFactory
 from tests.payment_helpers import (
     PaymentPeer,
     ledger_balance,
@@ -41,6 +46,7 @@ from tests.payment_helpers import (
     wait_for,
 )
 from tests.rx_helpers import RxScene, line, status_of
+from tests.worker_helpers import purge_queue, running
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("icd10")]
 
@@ -186,6 +192,22 @@ def test_fee_then_insured_prescription_then_dispense_and_the_ledger_adds_up(peer
     assert again.status_code == 409
     assert again.json()["code"] == "order_not_payable"
     assert LedgerEntry.objects.count() == 4  # fee; fund, account and self-pay of the drugs
+    # The regulator's records carry the fee and the order's amounts (DOMAIN.md).
+    ended = OutboxRecord.objects.get(aggregate_id=consultation_id, record_type="consultation.ended")
+    assert ended.payload["fee"] == FEE
+    assert ended.payload["payment"]["status"] == "paid"
+    assert ended.payload["payment"]["total"] == FEE
+    record = OutboxRecord.objects.get(aggregate_id=prescription_id, record_type="dispense.dispense")
+    assert record.payload["payment"] == {
+        "order_id": drugs["id"],
+        "status": "paid",
+        "total": total,
+        "channel": "insurance",
+        "insurance_fund": split["fund_pay_sumamt"],
+        "insurance_account": split["acct_pay"],
+        "self_pay": split["psn_cash_pay"],
+        "refunded": 0,
+    }
 
 
 # --- Nothing doubled, nothing lost -------------------------------------------------------------
@@ -500,6 +522,29 @@ def test_reconciliation_is_clean_then_reports_each_difference_the_peer_introduce
     assert numbers[0] in out.text
     assert "3 difference" in out.text
 
+    # The hospital's administrator sees the same in the console's API, and can run one;
+    # another hospital's administrator sees nothing of it.
+    admin = client_for(_administrator(priced.hospital))
+    listed = admin.get(f"{CONSOLE}/payments/reconciliations", {"date": today})
+    assert listed.status_code == 200, listed.content
+    latest_runs = listed.json()["results"][:2]  # the second run: one per gateway
+    # The extra bill row is there at both gateways; the other two only at WeChat Pay.
+    assert {r["channel"]: len(r["differences"]) for r in latest_runs} == {"wechat": 3, "alipay": 1}
+    assert not any(r["clean"] for r in latest_runs)
+    run = admin.post(f"{CONSOLE}/payments/reconciliations", {"date": today}, format="json")
+    assert run.status_code == 201, run.content
+    assert [r["channel"] for r in run.json()] == ["wechat", "alipay"]
+    stranger = client_for(_administrator(HospitalFactory()))
+    assert stranger.get(f"{CONSOLE}/payments/reconciliations").json()["results"] == []
+    patient = Scene(priced).patient_api
+    assert patient.get(f"{CONSOLE}/payments/reconciliations").status_code == 403
+
+
+def _administrator(hospital: Any) -> Any:
+    user = UserFactory(role=Role.ADMINISTRATOR)
+    HospitalAdministrator.objects.create(user=user, hospital=hospital)
+    return user
+
 
 class _Sink:
     def __init__(self) -> None:
@@ -510,3 +555,78 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+# --- The fee at the end -----------------------------------------------------------------------
+
+
+def test_a_lower_fee_at_the_end_refunds_the_difference_and_a_higher_one_is_refused(peer, priced):
+    scene, consultation_id, order = _paid_consultation(peer, priced)
+    assert scene.accept(consultation_id).status_code == 200
+    url = f"{CONSOLE}/consultations/{consultation_id}/end"
+    higher = scene.doctor_api.post(url, end_body(fee=FEE + 1), format="json")
+    assert higher.status_code == 422
+    assert higher.json()["code"] == "fee_above_paid"
+    assert Consultation.objects.get(pk=consultation_id).status == "in_progress"
+    assert scene.doctor_api.post(url, end_body(fee=FEE - 500), format="json").status_code == 200
+    refunded = _refunded(order["id"])
+    assert refunded.refunded == 500
+    assert refunded.refunds.get().reason == "fee_reduced"
+    assert sum(ledger_balance(refunded).values()) == FEE - 500
+
+
+def test_with_no_fee_up_front_the_fee_at_the_end_opens_an_order(peer, department):
+    scene = Scene(department)  # no listed fee: queued at once, nothing to pay yet
+    consultation_id = scene.request()
+    assert Consultation.objects.get(pk=consultation_id).status == "waiting"
+    assert not Order.objects.exists()
+    assert scene.accept(consultation_id).status_code == 200
+    url = f"{CONSOLE}/consultations/{consultation_id}/end"
+    assert scene.doctor_api.post(url, end_body(fee=1800), format="json").status_code == 200
+    order = order_of(scene.patient_api, consultation_id)
+    assert (order["status"], order["total"]) == ("unpaid", 1800)
+    peer.pay(start_paying(scene.patient_api, order["id"], "alipay")["pay_url"])
+    wait_for(lambda: paid_order(order["id"]), what="payment after the end")
+    assert LedgerEntry.objects.get().channel == "alipay"
+
+
+# --- With a real Celery worker ----------------------------------------------------------------
+
+
+def test_a_real_worker_carries_out_the_refunds_and_closes_queued_on_commit(peer, priced, tmp_path):
+    """No helper runs the background steps here: the worker takes them from the broker."""
+    require_postgres("a Celery worker sharing the test database (SQLite's is in memory)")
+    require_redis()
+    purge_queue()
+    with running(tmp_path / "worker.log") as worker:
+        scene, consultation_id, order = _paid_consultation(peer, priced)
+        assert (
+            scene.patient_api.post(f"{MOBILE}/consultations/{consultation_id}/cancel").status_code
+            == 200
+        )
+        # Another patient starts paying, then cancels: the attempt is closed at the gateway.
+        other = Scene(priced)
+        other_id = other.request()
+        unpaid = order_of(other.patient_api, other_id)
+        start_paying(other.patient_api, unpaid["id"], "wechat")
+        assert (
+            other.patient_api.post(f"{MOBILE}/consultations/{other_id}/cancel").status_code == 200
+        )
+        try:
+            wait_for(
+                lambda: Order.objects.get(pk=order["id"]).status == OrderStatus.REFUNDED,
+                timeout=30,
+                what="the worker's refund and the gateway's notification",
+            )
+            wait_for(
+                lambda: Order.objects.get(pk=unpaid["id"]).attempts.get().status == "closed",
+                timeout=30,
+                what="the worker closing the attempt",
+            )
+        except AssertionError as exc:
+            raise AssertionError(worker.tail()) from exc
+    assert Order.objects.get(pk=unpaid["id"]).status == OrderStatus.CLOSED
+    assert Refund.objects.get().status == "succeeded"
+    closed = peer.http.get("/api/transactions").json()
+    rows = closed["results"] if isinstance(closed, dict) else closed
+    assert sorted(r["trade_state"] for r in rows) == ["CLOSED", "REFUND"]

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +27,6 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from backend.celery import app, ping
 from backend.identity.models import Role
 from backend.organisations.models import Department, RegulatorOfficial
 from regulators.models import OutboxRecord, RecordStatus
@@ -38,10 +34,11 @@ from regulators.services import records_sweep
 from tests.chat_helpers import release_connections
 from tests.conftest import require_redis
 from tests.consult_helpers import client_for, close_socket, open_socket
-from tests.consult_http_helpers import CONSOLE, end_body, require_postgres, worker_database_url
+from tests.consult_http_helpers import CONSOLE, end_body, require_postgres
 from tests.factories import UserFactory
 from tests.regulator_helpers import Platform, outbox_by_aggregate, platform
 from tests.rx_helpers import RxScene
+from tests.worker_helpers import WorkerProcess, purge_queue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("icd10")]
 
@@ -53,72 +50,17 @@ CLIENT_TIMEOUT = 2.0  # tests.regulator_helpers.Platform.connect
 # --- The worker -----------------------------------------------------------------------------------
 
 
-class Worker:
-    """``celery -A backend worker --pool solo`` on this test process's default queue (where
-    ``deliver_record.delay()`` sends), with the test database and a short lease."""
+class Worker(WorkerProcess):
+    """A worker with the test database and a short lease (records retried at once)."""
 
     def __init__(self, log: Path) -> None:
-        self.queue = os.environ["CELERY_DEFAULT_QUEUE"]
-        self.log = log
-        env = {
-            **os.environ,
-            "DATABASE_URL": worker_database_url(),
-            "REGULATOR_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS),
-            "REGULATOR_RETRY_BASE_SECONDS": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-        with log.open("ab") as output:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "backend",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-Q",
-                    self.queue,
-                    "-l",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self) -> None:
-        try:
-            assert ping.apply_async(queue=self.queue).get(timeout=60) == "pong"
-        except Exception as exc:
-            raise AssertionError(self.tail()) from exc
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def _purge_queue() -> None:
-    """Forget messages an earlier test of this process left on its queue (the app's only
-    queue: ``task_default_queue`` is this process's ``CELERY_DEFAULT_QUEUE``)."""
-    app.control.purge()
+        super().__init__(
+            log,
+            env={
+                "REGULATOR_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS),
+                "REGULATOR_RETRY_BASE_SECONDS": "0",
+            },
+        )
 
 
 @contextlib.contextmanager
@@ -146,7 +88,7 @@ def peer(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def province_peer(peer: Platform, settings: Any, department: Department) -> Platform:
     settings.REGULATOR_DELIVERY_LEASE_SECONDS = LEASE_SECONDS
     settings.REGULATOR_RETRY_BASE_SECONDS = 0
-    _purge_queue()
+    purge_queue()
     peer.reset()
     peer.connect(department.hospital.province)
     return peer
