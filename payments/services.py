@@ -47,6 +47,7 @@ from payments.channels import (
     GatewayConfig,
     Insurance,
     InsuranceConfig,
+    Settlement,
     decrypt_resource,
     verify_signed,
 )
@@ -449,54 +450,63 @@ def _insurance_settle(order: Order) -> InsuranceSettlement:
         ) from exc
     with transaction.atomic():
         locked = _locked(order.pk)
-        if locked.status != OrderStatus.UNPAID or locked.total != result.medfee_sumamt:
-            # Changed meanwhile: give the settlement back, then refuse.
-            transaction.on_commit(
-                lambda: insurance.reverse(
-                    setl_id=result.setl_id, mdtrt_id=result.mdtrt_id, psn_no=result.psn_no
-                )
+        changed = locked.status != OrderStatus.UNPAID or locked.total != result.medfee_sumamt
+        if not changed:
+            settlement = _settlement_store(locked, ipt_otp_no, result)
+    if changed:
+        # The order changed while the platform settled it: give the settlement back.
+        try:
+            insurance.reverse(
+                setl_id=result.setl_id, mdtrt_id=result.mdtrt_id, psn_no=result.psn_no
             )
-            raise DomainError("order_not_payable", "The order changed while it was settled.")
-        settlement, _ = InsuranceSettlement.objects.get_or_create(
-            ipt_otp_no=ipt_otp_no,
-            defaults={
-                "order": locked,
-                "setl_id": result.setl_id,
-                "mdtrt_id": result.mdtrt_id,
-                "psn_no": result.psn_no,
-                "medfee_sumamt": result.medfee_sumamt,
-                "fund_pay_sumamt": result.fund_pay_sumamt,
-                "acct_pay": result.acct_pay,
-                "psn_cash_pay": result.psn_cash_pay,
-                "settled_at": timezone.now(),
-            },
-        )
-        locked.channel = Channel.INSURANCE
-        locked.insurance_fund = settlement.fund_pay_sumamt
-        locked.insurance_account = settlement.acct_pay
-        locked.self_pay = settlement.psn_cash_pay
-        locked.save(
-            update_fields=[
-                "channel",
-                "insurance_fund",
-                "insurance_account",
-                "self_pay",
-                "updated_at",
-            ]
-        )
-        OrderEvent.objects.create(
-            order=locked,
-            action="insurance_settled",
-            from_status=locked.status,
-            to_status=locked.status,
-            data={
-                "setl_id": settlement.setl_id,
-                "fund": settlement.fund_pay_sumamt,
-                "account": settlement.acct_pay,
-                "cash": settlement.psn_cash_pay,
-            },
-            created_at=timezone.now(),
-        )
+        except ChannelError:
+            logger.exception("could not reverse settlement %s of a changed order", result.setl_id)
+        raise DomainError("order_not_payable", "The order changed while it was settled.")
+    return settlement
+
+
+def _settlement_store(locked: Order, ipt_otp_no: str, result: Settlement) -> InsuranceSettlement:
+    """With the order locked: the settlement row and the split on the order."""
+    settlement, _ = InsuranceSettlement.objects.get_or_create(
+        ipt_otp_no=ipt_otp_no,
+        defaults={
+            "order": locked,
+            "setl_id": result.setl_id,
+            "mdtrt_id": result.mdtrt_id,
+            "psn_no": result.psn_no,
+            "medfee_sumamt": result.medfee_sumamt,
+            "fund_pay_sumamt": result.fund_pay_sumamt,
+            "acct_pay": result.acct_pay,
+            "psn_cash_pay": result.psn_cash_pay,
+            "settled_at": timezone.now(),
+        },
+    )
+    locked.channel = Channel.INSURANCE
+    locked.insurance_fund = settlement.fund_pay_sumamt
+    locked.insurance_account = settlement.acct_pay
+    locked.self_pay = settlement.psn_cash_pay
+    locked.save(
+        update_fields=[
+            "channel",
+            "insurance_fund",
+            "insurance_account",
+            "self_pay",
+            "updated_at",
+        ]
+    )
+    OrderEvent.objects.create(
+        order=locked,
+        action="insurance_settled",
+        from_status=locked.status,
+        to_status=locked.status,
+        data={
+            "setl_id": settlement.setl_id,
+            "fund": settlement.fund_pay_sumamt,
+            "account": settlement.acct_pay,
+            "cash": settlement.psn_cash_pay,
+        },
+        created_at=timezone.now(),
+    )
     return settlement
 
 

@@ -630,3 +630,76 @@ def test_a_real_worker_carries_out_the_refunds_and_closes_queued_on_commit(peer,
     closed = peer.http.get("/api/transactions").json()
     rows = closed["results"] if isinstance(closed, dict) else closed
     assert sorted(r["trade_state"] for r in rows) == ["CLOSED", "REFUND"]
+
+
+# --- Channels ----------------------------------------------------------------------------------
+
+
+def test_fully_insured_is_paid_at_once_and_an_uninsured_patient_is_refused(peer, priced):
+    peer.coverage(fund_ratio=1.0)
+    scene = Scene(priced)
+    consultation_id = scene.request()
+    order = order_of(scene.patient_api, consultation_id)
+    paying = start_paying(scene.patient_api, order["id"], "insurance")
+    assert paying["paid"] is True
+    assert (paying["amount"], paying["pay_url"]) == (0, "")
+    assert paying["insurance"]["fund_pay_sumamt"] == FEE
+    assert Consultation.objects.get(pk=consultation_id).status == "waiting"
+    assert ledger_balance(Order.objects.get(pk=order["id"])) == {EntryKind.INSURANCE_FUND: FEE}
+
+    other = Scene(priced)
+    other_id = other.request()
+    peer.coverage(uninsured=[other.profile.id_number])
+    refused = other.patient_api.post(
+        f"{MOBILE}/orders/{order_of(other.patient_api, other_id)['id']}/pay",
+        {"channel": "insurance"},
+        format="json",
+    )
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "insurance_refused"
+    assert "参保" in refused.json()["detail"]
+
+
+def test_a_hospital_without_that_channel_refuses_it(peer, priced):
+    from payments.models import GatewayConnection
+
+    GatewayConnection.objects.filter(channel="alipay").update(enabled=False)
+    scene = Scene(priced)
+    order = order_of(scene.patient_api, scene.request())
+    refused = scene.patient_api.post(
+        f"{MOBILE}/orders/{order['id']}/pay", {"channel": "alipay"}, format="json"
+    )
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "channel_unavailable"
+    assert not Order.objects.get(pk=order["id"]).attempts.exists()
+
+
+def test_paying_twice_through_two_channels_refunds_the_second(peer, priced):
+    """The patient opens WeChat Pay, switches to Alipay and pays, then pays the WeChat
+    page that was still open: the second payment is booked and returned."""
+    scene = Scene(priced)
+    consultation_id = scene.request()
+    order = order_of(scene.patient_api, consultation_id)
+    first = start_paying(scene.patient_api, order["id"], "wechat")
+    again = start_paying(scene.patient_api, order["id"], "wechat")
+    assert again["out_trade_no"] == first["out_trade_no"]  # the same prepay comes back
+    second = start_paying(scene.patient_api, order["id"], "alipay")
+    peer.pay(second["pay_url"])
+    wait_for(lambda: paid_order(order["id"]), what="the Alipay notification")
+    peer.pay(first["pay_url"])
+    wait_for(
+        lambda: Refund.objects.filter(reason="duplicate_payment").exists(),
+        what="the duplicate's notification",
+    )
+    run_background()
+    wait_for(
+        lambda: Refund.objects.filter(status="succeeded").exists(), what="the duplicate's refund"
+    )
+    paid = Order.objects.get(pk=order["id"])
+    assert paid.status == OrderStatus.PAID  # the first payment stands
+    assert paid.refunded == 0
+    assert ledger_balance(paid) == {
+        EntryKind.GATEWAY_CHARGE: 2 * FEE,
+        EntryKind.GATEWAY_REFUND: -FEE,
+    }
+    assert paid.events.filter(action="pay").count() == 1
