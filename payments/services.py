@@ -192,7 +192,7 @@ def order_create(
     cleaned, total = _checked_items(items)
     if total <= 0:
         raise ValueError("an order needs a positive total")
-    order = Order.objects.create(
+    order = Order(
         kind=kind,
         subject_id=subject_id,
         hospital=hospital,
@@ -202,6 +202,13 @@ def order_create(
         items=cleaned,
         total=total,
     )
+    # The kind decides whether its subject may be paid for now: a prescription only
+    # after the pharmacist's approval (DOMAIN rule 6), whoever calls.
+    if not _KINDS[kind].payable(order):
+        raise DomainError(
+            "order_not_payable", f"What this {kind} order would pay for cannot be paid now."
+        )
+    order.save()
     OrderEvent.objects.create(
         order=order,
         action="create",

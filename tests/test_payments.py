@@ -17,6 +17,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
+from backend.api.problems import DomainError
 from backend.identity.models import Role
 from backend.organisations.models import HospitalAdministrator
 from consultations.models import Consultation
@@ -31,6 +32,7 @@ from payments.models import (
     Reconciliation,
     Refund,
 )
+from payments.services import order_create
 from prescriptions.services import prescriptions_expire_due
 from regulators.models import Alert, AlertKind, OutboxRecord
 from tests.conftest import require_redis
@@ -378,8 +380,9 @@ def test_referred_offline_refunds_the_configured_share(peer, priced, settings):
     assert ledger_balance(refunded)[EntryKind.GATEWAY_REFUND] == -(FEE * 40 // 100)
 
 
-def test_a_cancelled_insured_prescription_is_refunded_whole_and_insurance_reversed(
-    peer, department
+@pytest.mark.parametrize("trigger", ["cancel", "expire"])
+def test_a_cancelled_or_expired_insured_prescription_is_refunded_whole_insurance_reversed(
+    peer, department, trigger
 ):
     rx = RxScene(department)
     prescription_id = rx.active(lines=[line(quantity=3)])
@@ -387,11 +390,17 @@ def test_a_cancelled_insured_prescription_is_refunded_whole_and_insurance_revers
     paying = start_paying(rx.patient_api, drugs["id"], "insurance")
     peer.pay(paying["pay_url"])
     wait_for(lambda: paid_order(drugs["id"]), what="the self-pay notification")
-    for _ in range(2):
-        rx.doctor_session.post(
-            f"{CONSOLE}/prescriptions/{prescription_id}/cancel", {"reason": "停药"}, format="json"
-        )
-    assert status_of(prescription_id) == "cancelled"
+    for _ in range(2):  # the trigger repeats: refunded once
+        if trigger == "cancel":
+            rx.doctor_session.post(
+                f"{CONSOLE}/prescriptions/{prescription_id}/cancel",
+                {"reason": "停药"},
+                format="json",
+            )
+        else:
+            prescriptions_expire_due(now=timezone.now() + dt.timedelta(days=5))
+    assert status_of(prescription_id) == {"cancel": "cancelled", "expire": "expired"}[trigger]
+    assert Refund.objects.get().reason == f"prescription_{status_of(prescription_id)}"
     refunded = _refunded(drugs["id"])
     assert refunded.refunded == drugs["total"]
     assert sum(ledger_balance(refunded).values()) == 0
@@ -458,6 +467,19 @@ def test_no_order_exists_for_a_prescription_before_the_pharmacists_approval(peer
     assert prescription_orders() == 0
     listed = rx.patient_api.get(f"{MOBILE}/orders", {"kind": "prescription"}).json()
     assert listed["results"] == []
+    # Nor can any code open one: the service itself asks the prescription.
+    with pytest.raises(DomainError) as refused:
+        order_create(
+            kind=OrderKind.PRESCRIPTION,
+            subject_id=prescription_id,
+            hospital=rx.hospital,
+            profile=rx.profile,
+            account=rx.account,
+            description="before approval",
+            items=[{"code": "X", "name": "x", "unit_price": 100, "quantity": 1}],
+        )
+    assert refused.value.code == "order_not_payable"
+    assert prescription_orders() == 0
     # A second prescription goes through approval: now exactly one order, with delivery.
     approved = rx.active()
     assert prescription_orders() == 1
