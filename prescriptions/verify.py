@@ -31,6 +31,7 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -127,15 +128,62 @@ def _time(value: Any, what: str) -> dt.datetime:
     return parsed
 
 
+#: Integers a JSON number (an IEEE double) carries exactly: RFC 8785 prints them as is.
+_SAFE_INTEGER = 2**53 - 1
+
+
+#: A character beyond the Basic Multilingual Plane, raw (a 4-byte UTF-8 sequence) or as an
+#: escaped surrogate.
+_BEYOND_BMP = re.compile(rb"[\xf0-\xf7]|\\u[dD][89a-fA-F]")
+
+
+class _Outside(Exception):
+    """A number the standard library would not print as RFC 8785 does."""
+
+
+def _int(text: str) -> int:
+    value = int(text)
+    if not -_SAFE_INTEGER <= value <= _SAFE_INTEGER:
+        raise _Outside
+    return value
+
+
+def _float(text: str) -> float:
+    raise _Outside
+
+
 def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
+    """Parse ``raw`` and require it to be RFC 8785 canonical JSON. Where the standard
+    library's C encoder prints RFC 8785's bytes (no floats, integers within 2**53 - 1,
+    no character beyond the Basic Multilingual Plane, so key order by code point is key
+    order by UTF-16 unit, and both escape strings alike), it is used: what the server
+    signs always qualifies. Anything else is printed by ``rfc8785``."""
     try:
-        content = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise VerificationError("not_canonical", f"{what} is not JSON") from exc
+    fast = _BEYOND_BMP.search(raw) is None
+    content: Any = None
+    if fast:
+        try:
+            content = json.loads(text, parse_int=_int, parse_float=_float)
+        except _Outside:
+            fast = False
+        except ValueError as exc:
+            raise VerificationError("not_canonical", f"{what} is not JSON") from exc
+    if not fast:
+        try:
+            content = json.loads(text)
+        except ValueError as exc:
+            raise VerificationError("not_canonical", f"{what} is not JSON") from exc
     if not isinstance(content, dict):
         raise VerificationError("not_canonical", f"{what} is not a JSON object")
     try:
-        canonical = rfc8785.dumps(content)
+        canonical = (
+            json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+            if fast
+            else rfc8785.dumps(content)
+        )
     except (ValueError, TypeError) as exc:  # numbers outside I-JSON's range
         raise VerificationError("not_canonical", f"{what} has values JSON cannot carry") from exc
     if canonical != raw:
@@ -183,8 +231,40 @@ def _crl(crl_der: bytes, root_pem: str) -> x509.CertificateRevocationList:
     return crl
 
 
-def _signature_valid(certificate: x509.Certificate, signature: bytes, data: bytes) -> bool:
-    public = certificate.public_key()
+@dataclass(frozen=True)
+class _Leaf:
+    """What a signing certificate says, read once (the same doctors' and pharmacists'
+    certificates appear in many bundles)."""
+
+    certificate: x509.Certificate
+    public_key: Any
+    title: str
+    name: str
+    practice_certificate_number: str
+    serial_hex: str
+    sha256: str
+
+
+@lru_cache(maxsize=256)
+def _leaf(pem: str) -> _Leaf:
+    certificate = _certificate(pem)
+    return _Leaf(
+        certificate=certificate,
+        public_key=certificate.public_key(),
+        title=_attribute(certificate, NameOID.TITLE),
+        name=_attribute(certificate, NameOID.COMMON_NAME),
+        practice_certificate_number=_attribute(certificate, NameOID.SERIAL_NUMBER),
+        serial_hex=format(certificate.serial_number, "x"),
+        sha256=certificate.fingerprint(hashes.SHA256()).hex(),
+    )
+
+
+@lru_cache(maxsize=64)
+def _fingerprint(pem: str) -> str:
+    return _certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+def _signature_valid(public: Any, signature: bytes, data: bytes) -> bool:
     try:
         if isinstance(public, ed25519.Ed25519PublicKey):
             public.verify(signature, data)
@@ -216,15 +296,16 @@ def _check_signer(
     if chain[1].strip() != root_pem.strip():
         raise VerificationError("chain_invalid", f"{what}: the chain ends at another root")
     leaf_pem = chain[0]
-    leaf = _certificate(leaf_pem)
+    facts = _leaf(leaf_pem)
+    leaf = facts.certificate
     if not _issued_by(leaf_pem, root_pem):
         raise VerificationError(
             "chain_invalid", f"{what}: the certificate is not a signing certificate of the root"
         )
-    if _attribute(leaf, NameOID.TITLE) != role:
+    if facts.title != role:
         raise VerificationError(
             "wrong_role",
-            f"{what}: signed with a {_attribute(leaf, NameOID.TITLE) or 'non-personal'} "
+            f"{what}: signed with a {facts.title or 'non-personal'} "
             f"certificate, a {role}'s is required",
         )
     signed_at = _time(block.get("signed_at"), f"{what}.signed_at")
@@ -243,14 +324,14 @@ def _check_signer(
             f"{what}: the certificate was revoked at {revoked.revocation_date_utc}",
         )
     signature = _b64(block.get("value"), f"{what}.value")
-    if not _signature_valid(leaf, signature, data):
+    if not _signature_valid(facts.public_key, signature, data):
         raise VerificationError("signature_invalid", f"{what}: the signature does not verify")
     info = SignerInfo(
-        name=_attribute(leaf, NameOID.COMMON_NAME),
+        name=facts.name,
         role=role,
-        practice_certificate_number=_attribute(leaf, NameOID.SERIAL_NUMBER),
-        certificate_serial=format(leaf.serial_number, "x"),
-        certificate_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
+        practice_certificate_number=facts.practice_certificate_number,
+        certificate_serial=facts.serial_hex,
+        certificate_sha256=facts.sha256,
         signed_at=signed_at,
     )
     return info, signature
@@ -260,8 +341,8 @@ def _root(bundle: dict[str, Any], trusted_roots: set[str] | None) -> tuple[str, 
     root_pem = bundle.get("root_certificate")
     if not isinstance(root_pem, str):
         raise VerificationError("malformed_bundle", "root_certificate is missing")
-    root = _certificate(root_pem)
-    fingerprint = root.fingerprint(hashes.SHA256()).hex()
+    _certificate(root_pem)  # parses, or refuses
+    fingerprint = _fingerprint(root_pem)
     if trusted_roots is not None and fingerprint not in trusted_roots:
         raise VerificationError(
             "untrusted_root", f"the bundle's root {fingerprint} is not a trusted hospital root"

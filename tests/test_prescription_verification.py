@@ -746,3 +746,64 @@ def test_numbers_outside_json_canonical_form_are_refused_with_a_code(scene, numb
     bundle = console_bundle(scene, scene.active())
     raw = b'{"id":"' + bundle["prescription_id"].encode() + b'","n":' + number + b',"version":1}'
     assert refused(dict(bundle, signed_content=_encode(raw))) == "not_canonical"
+
+
+def _random_json(rng: Any, depth: int = 0) -> Any:
+    """Values that stress canonical printing: control characters, quotes, backslashes,
+    U+2028, non-BMP characters (in values and keys), big integers and floats."""
+    alphabet = ["a", "Z", "中", "é", '"', "\\", "\n", "\x01", "\x1f", "\x7f", "\u2028", "😀", "/"]
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+
+    kind = rng.randint(0, 9 if depth < 3 else 5)
+    if kind == 0:
+        return text()
+    if kind == 1:
+        return rng.choice([0, -1, 7, 2**53 - 1, -(2**53 - 1), 12345678901])
+    if kind == 2:
+        return rng.choice([True, False, None])
+    if kind == 3:
+        return rng.choice([0.5, 1e21, 1.0, -0.0, 3.14159, 2**53 + 1])
+    if kind in (4, 5):
+        return text()
+    if kind in (6, 7):
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {text(): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+
+
+def test_the_verifiers_canonical_check_agrees_with_rfc_8785_byte_for_byte() -> None:
+    """The offline verifier checks canonical form with the standard library's encoder
+    where that prints RFC 8785's bytes, and with ``rfc8785`` elsewhere. On 3,000 random
+    documents it accepts exactly RFC 8785's bytes and refuses Python's own form wherever
+    that differs (floats, big integers, characters beyond the BMP in keys)."""
+    import random
+
+    from prescriptions.verify import VerificationError, _canonical_json
+
+    def accepted(raw: bytes) -> bool:
+        try:
+            _canonical_json(raw, "document")
+        except VerificationError:
+            return False
+        return True
+
+    rng = random.Random(20261205)
+    differs = 0
+    for _ in range(3000):
+        document = {"k": _random_json(rng), "中": _random_json(rng), "😀": _random_json(rng)}
+        document = dict(rng.sample(sorted(document.items()), k=rng.randint(1, 3)))
+        try:
+            canonical = rfc8785.dumps(document)
+        except (ValueError, TypeError):
+            continue
+        assert accepted(canonical), canonical
+        pythons = json.dumps(
+            document, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+        ).encode()
+        assert accepted(pythons) == (pythons == canonical), pythons
+        differs += pythons != canonical
+        assert not accepted(json.dumps(document, sort_keys=True).encode()) or (
+            json.dumps(document, sort_keys=True).encode() == canonical
+        )
+    assert differs > 100  # the fall-back path was really exercised
