@@ -565,53 +565,7 @@ def _apply_paid(
             attempt.transaction_id = transaction_id
             attempt.paid_at = when
             attempt.save(update_fields=["status", "transaction_id", "paid_at"])
-        if order.status in (OrderStatus.UNPAID, OrderStatus.CLOSED):
-            settlement = order.settlements.filter(status=SettlementStatus.SETTLED).first()
-            if attempt is not None:
-                _book(
-                    order,
-                    EntryKind.GATEWAY_CHARGE,
-                    attempt.channel,
-                    attempt.amount,
-                    transaction_id,
-                    attempt.out_trade_no,
-                    when,
-                )
-            if settlement is not None:
-                for kind, amount in (
-                    (EntryKind.INSURANCE_FUND, settlement.fund_pay_sumamt),
-                    (EntryKind.INSURANCE_ACCOUNT, settlement.acct_pay),
-                ):
-                    _book(
-                        order,
-                        kind,
-                        Channel.INSURANCE,
-                        amount,
-                        settlement.setl_id,
-                        settlement.ipt_otp_no,
-                        when,
-                    )
-            else:
-                order.channel = attempt.channel if attempt else order.channel
-                order.self_pay = attempt.amount if attempt else 0
-                order.insurance_fund = order.insurance_account = 0
-            was_closed = order.status == OrderStatus.CLOSED
-            _transition(
-                order,
-                "pay",
-                data={
-                    "channel": order.channel,
-                    "transaction_id": transaction_id,
-                    "self_pay": order.self_pay,
-                    "insurance_fund": order.insurance_fund,
-                    "insurance_account": order.insurance_account,
-                },
-            )
-            if was_closed:
-                _refund_request(order, RefundReason.PAID_AFTER_CLOSE)
-            return True
-        # Paid already by another attempt: this money is a duplicate and goes back.
-        if attempt is not None:
+        if attempt is not None:  # money received is booked, whatever happens next
             _book(
                 order,
                 EntryKind.GATEWAY_CHARGE,
@@ -621,7 +575,44 @@ def _apply_paid(
                 attempt.out_trade_no,
                 when,
             )
-            _refund_request(order, RefundReason.DUPLICATE_PAYMENT, attempt=attempt)
+        if order.status not in (OrderStatus.UNPAID, OrderStatus.CLOSED):
+            # Paid already by another attempt: this money is a duplicate and goes back.
+            if attempt is not None:
+                _refund_request(order, RefundReason.DUPLICATE_PAYMENT, attempt=attempt)
+            return True
+        settlement = order.settlements.filter(status=SettlementStatus.SETTLED).first()
+        if settlement is not None:
+            for kind, amount in (
+                (EntryKind.INSURANCE_FUND, settlement.fund_pay_sumamt),
+                (EntryKind.INSURANCE_ACCOUNT, settlement.acct_pay),
+            ):
+                _book(
+                    order,
+                    kind,
+                    Channel.INSURANCE,
+                    amount,
+                    settlement.setl_id,
+                    settlement.ipt_otp_no,
+                    when,
+                )
+        else:
+            order.channel = attempt.channel if attempt else order.channel
+            order.self_pay = attempt.amount if attempt else 0
+            order.insurance_fund = order.insurance_account = 0
+        was_closed = order.status == OrderStatus.CLOSED
+        _transition(
+            order,
+            "pay",
+            data={
+                "channel": order.channel,
+                "transaction_id": transaction_id,
+                "self_pay": order.self_pay,
+                "insurance_fund": order.insurance_fund,
+                "insurance_account": order.insurance_account,
+            },
+        )
+        if was_closed:
+            _refund_request(order, RefundReason.PAID_AFTER_CLOSE)
         return True
 
 

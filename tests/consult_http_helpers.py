@@ -11,17 +11,13 @@ import contextlib
 import datetime as dt
 import os
 import struct
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -37,6 +33,7 @@ from tests.consult_helpers import (
     ready_doctor,
     request_consultation,
 )
+from tests.worker_helpers import WorkerProcess, worker_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -212,51 +209,15 @@ def require_postgres(what: str) -> None:
     pytest.skip(reason)
 
 
-def worker_database_url() -> str:
-    """``DATABASE_URL`` rewritten to the database this test process really uses
-    (pytest-django's ``test_<name>``, with a ``_gwN`` suffix under xdist)."""
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    return urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
-
-
 @contextlib.contextmanager
-def celery_worker(*, env: dict[str, str], log: Path) -> Iterator[str]:
-    """A real ``celery -A backend worker`` on a queue of its own, started as
-    tests/test_worker.py starts it; yields the queue name and stops the worker afterwards.
-    Its output goes to ``log`` (a file, so a chatty worker never blocks on a full pipe)."""
+def celery_worker(*, log: Path) -> Iterator[str]:
+    """A real worker with the test database on a queue of its own; yields the queue."""
     queue = f"test-consult-{os.getpid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    with log.open("wb") as output:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "backend",
-                "worker",
-                "--pool",
-                "solo",
-                "--without-gossip",
-                "--without-mingle",
-                "-Q",
-                queue,
-                "-l",
-                "warning",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            yield queue
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+    worker = WorkerProcess(log, queue=queue)
+    try:
+        yield queue
+    finally:
+        worker.stop()
 
 
 __all__ = [

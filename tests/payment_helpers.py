@@ -31,7 +31,7 @@ from payments.models import (
     RefundStatus,
 )
 from payments.services import close_order_execute, payments_sweep, refund_execute
-from tests.regulator_helpers import free_port
+from tests.regulator_helpers import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "payment-peer-admin"
@@ -97,18 +97,7 @@ class PaymentPeer:
         self.http = httpx.Client(
             base_url=self.url, timeout=10, headers={"X-Admin-Token": ADMIN_TOKEN}
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self.http.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the payment peer did not start: {(tmp / 'payment-peer.log').read_text()}"
-                )
-            time.sleep(0.1)
+        wait_until_healthy(self.proc, self.http, tmp / "payment-peer.log")
 
     def connect(self, hospital: Hospital, notify_base_url: str) -> None:
         for channel, merchant in self.merchants.items():

@@ -26,6 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 SM4_KEY = "0123456789abcdeffedcba9876543210"
 
 
+def wait_until_healthy(proc: subprocess.Popen[bytes], http: httpx.Client, log: Path) -> None:
+    """Wait (30 s at most) for a peer process to answer ``/healthz``."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if http.get("/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the peer did not start: {log.read_text()}")
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,16 +76,7 @@ class Platform:
             stderr=subprocess.STDOUT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=10)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if self.http.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the peer did not start: {(tmp / 'peer.log').read_text()}")
-            time.sleep(0.1)
+        wait_until_healthy(self.proc, self.http, tmp / "peer.log")
 
     def connect(self, province: Province, adapter: str = Adapter.JSON_HMAC) -> None:
         PlatformConnection.objects.update_or_create(

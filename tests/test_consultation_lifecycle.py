@@ -39,7 +39,6 @@ from tests.consult_http_helpers import (
     require_postgres,
     start_of_today_shanghai,
     status_of,
-    worker_database_url,
 )
 from tests.factories import (
     DepartmentFactory,
@@ -1073,7 +1072,7 @@ def test_a_real_celery_worker_expires_unanswered_consultations(tmp_path):
     Consultation.objects.filter(pk=due).update(expires_at=timezone.now() - dt.timedelta(minutes=1))
 
     log = tmp_path / "worker.log"
-    with celery_worker(env={"DATABASE_URL": worker_database_url()}, log=log) as queue:
+    with celery_worker(log=log) as queue:
         result = expire_unanswered_consultations.apply_async(queue=queue)
         try:
             expired = result.get(timeout=60)

@@ -4,51 +4,25 @@ is set (CI), the broker-less folder transport of the demo otherwise."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from backend.celery import app, ping
+from tests.worker_helpers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def worker():
+def worker(tmp_path):
     queue = f"test-{os.getpid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "backend",
-            "worker",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "-Q",
-            queue,
-            "-l",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**os.environ},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = WorkerProcess(tmp_path / "worker.log", queue=queue, test_database=False)
     try:
         yield queue
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        process.stop()
 
 
 def test_worker_round_trip_through_the_configured_broker(worker):

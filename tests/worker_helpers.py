@@ -12,26 +12,40 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from django.db import connection
 
 from backend.celery import app, ping
-from tests.consult_http_helpers import worker_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class WorkerProcess:
-    """``celery -A backend worker --pool solo`` on this test process's default queue
-    (where ``.delay()`` sends), with the test database; ``env`` adds settings."""
+def worker_database_url() -> str:
+    """``DATABASE_URL`` rewritten to the database this test process really uses
+    (pytest-django's ``test_<name>``, with a ``_gwN`` suffix under xdist)."""
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
 
-    def __init__(self, log: Path, *, env: dict[str, str] | None = None) -> None:
-        self.queue = os.environ["CELERY_DEFAULT_QUEUE"]
+
+class WorkerProcess:
+    """``celery -A backend worker --pool solo`` on ``queue`` (default: this test
+    process's default queue, where ``.delay()`` sends), with the test database unless
+    ``test_database`` is false; ``env`` adds settings."""
+
+    def __init__(
+        self,
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        queue: str | None = None,
+        test_database: bool = True,
+    ) -> None:
+        self.queue = queue or os.environ["CELERY_DEFAULT_QUEUE"]
         self.log = log
-        environment = {
-            **os.environ,
-            "DATABASE_URL": worker_database_url(),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if test_database:
+            environment["DATABASE_URL"] = worker_database_url()
         with log.open("ab") as output:
             self.proc = subprocess.Popen(
                 [
