@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/pki/v1/", include("backend.pki.urls")),
     path("api/regulator/v1/", include("regulators.urls")),
     path("api/payments/v1/", include("payments.urls")),
+    path("console/", include("console.page_urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import login, logout
 from django.middleware.csrf import get_token
 from django.utils.decorators import method_decorator
@@ -18,7 +19,7 @@ from backend.api.problems import DomainError
 from backend.api.tickets import WsTicketOutput, ws_ticket_response
 from backend.api.views import ApiView
 from backend.audit.services import RequestMeta, audit_record
-from backend.identity.authentication import SESSION_VERIFIED
+from backend.identity.authentication import SESSION_VERIFIED, request_account
 from backend.identity.models import User
 from backend.identity.selectors import account_summary
 from backend.identity.services import (
@@ -26,7 +27,7 @@ from backend.identity.services import (
     console_second_factor_check,
 )
 from console.permissions import IsConsoleUser
-from console.serializers import LoginInput, LoginOutput, TotpInput
+from console.serializers import LoginInput, LoginOutput, SessionOutput, TotpInput
 
 PENDING_USER = "console_pending_user"
 CONSOLE_WS_PATH = "/ws/console/"
@@ -130,6 +131,22 @@ class LogoutApi(ApiView):
     def post(self, request: Request) -> Response:
         logout(request._request)
         return Response(status=204)
+
+
+class SessionApi(ApiView):
+    """Who is signed in, and after how long without a request the session ends. Each
+    request extends the session, so the console's "stay signed in" calls this."""
+
+    permission_classes = [IsConsoleUser]
+
+    @extend_schema(operation_id="console_session", responses={200: SessionOutput})
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "user": account_summary(user=request_account(request)),
+                "idle_seconds": settings.SESSION_COOKIE_AGE,
+            }
+        )
 
 
 class WsTicketApi(ApiView):

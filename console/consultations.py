@@ -1,5 +1,5 @@
-"""Doctors' side of consultations: identity check, duty, queue, accept, end, refer,
-refuse as a first visit."""
+"""Doctors' side of consultations: identity check, duty, queue, the patient summary,
+accept, end (with the ICD-10 search), refer, refuse as a first visit."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -19,9 +20,15 @@ from backend.audit.services import RequestMeta
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner
 from backend.organisations.services import practitioner_identity_check, practitioner_set_duty
-from console.permissions import IsPractitioner
-from consultations.models import Consultation
-from consultations.selectors import consultation_visible_to, consultations_of_doctor
+from backend.patients.selectors import age_on
+from console.permissions import IsConsoleUser, IsPractitioner
+from consultations.models import Consultation, Icd10Code
+from consultations.selectors import (
+    consultation_visible_to,
+    consultations_of_doctor,
+    earlier_consultations,
+    icd10_search,
+)
 from consultations.serializers import (
     AcceptInput,
     ConsultationOutput,
@@ -83,8 +90,27 @@ class DutyInput(serializers.Serializer):  # type: ignore[type-arg]
     on_duty = serializers.BooleanField()
 
 
+class DutyStatusOutput(serializers.Serializer):  # type: ignore[type-arg]
+    on_duty = serializers.BooleanField()
+    identity_checked_at = serializers.DateTimeField(
+        allow_null=True, help_text="The last passed identity check"
+    )
+
+
 class DutyApi(ApiView):
     permission_classes = [IsPractitioner]
+
+    @extend_schema(operation_id="console_duty_retrieve", responses={200: DutyStatusOutput})
+    def get(self, request: Request) -> Response:
+        practitioner = _practitioner(request)
+        return Response(
+            DutyStatusOutput(
+                {
+                    "on_duty": practitioner.on_duty,
+                    "identity_checked_at": practitioner.last_identity_check_at,
+                }
+            ).data
+        )
 
     @extend_schema(operation_id="console_duty", request=DutyInput, responses={200: DutyInput})
     def post(self, request: Request) -> Response:
@@ -135,6 +161,101 @@ class ConsoleConsultationDetailApi(ApiView):
             user=request_account(request), consultation_id=consultation_id
         )
         return Response(consultation_state(consultation))
+
+
+class PriorDiagnosisSummary(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    institution = serializers.CharField()
+    diagnosed_on = serializers.DateField()
+    icd10_code = serializers.CharField()
+    icd10_name = serializers.CharField()
+    diagnosis_text = serializers.CharField(allow_blank=True)
+
+
+class EarlierConsultationOutput(serializers.Serializer):  # type: ignore[type-arg]
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    requested_at = serializers.DateTimeField()
+    closed_at = serializers.DateTimeField(allow_null=True)
+    department = serializers.CharField(source="department.name")
+    doctor = serializers.CharField(source="doctor.user.display_name", allow_null=True)
+    diagnoses = serializers.ListField(child=serializers.DictField())
+
+
+class PatientSummaryOutput(serializers.Serializer):  # type: ignore[type-arg]
+    profile = serializers.UUIDField()
+    name = serializers.CharField()
+    sex = serializers.CharField()
+    birth_date = serializers.DateField()
+    age = serializers.IntegerField(help_text="Completed years today")
+    relation = serializers.CharField()
+    allergies = serializers.ListField(child=serializers.CharField())
+    prior_diagnosis = PriorDiagnosisSummary(allow_null=True)
+    earlier_consultations = EarlierConsultationOutput(many=True)
+
+
+class PatientSummaryApi(ApiView):
+    """What the doctor needs to know about the patient of a consultation they may see:
+    age, allergies, the prior offline diagnosis and earlier consultations here."""
+
+    permission_classes = [IsPractitioner]
+
+    @extend_schema(
+        operation_id="console_consultations_patient", responses={200: PatientSummaryOutput}
+    )
+    def get(self, request: Request, consultation_id: UUID) -> Response:
+        consultation = consultation_visible_to(
+            user=request_account(request), consultation_id=consultation_id
+        )
+        profile = consultation.profile
+        return Response(
+            PatientSummaryOutput(
+                {
+                    "profile": profile.pk,
+                    "name": profile.real_name,
+                    "sex": profile.sex,
+                    "birth_date": profile.birth_date,
+                    "age": age_on(profile.birth_date, timezone.localdate()),
+                    "relation": profile.relation,
+                    "allergies": list(profile.allergies or []),
+                    "prior_diagnosis": consultation.prior_diagnosis,
+                    "earlier_consultations": earlier_consultations(consultation=consultation),
+                }
+            ).data
+        )
+
+
+class Icd10Output(serializers.Serializer):  # type: ignore[type-arg]
+    code = serializers.CharField()
+    name = serializers.CharField(source="display_name")
+    name_zh = serializers.CharField(allow_blank=True)
+    name_en = serializers.CharField()
+    kind = serializers.CharField()
+
+
+class ByCode(CursorPage):
+    ordering = ("code",)
+
+
+class Icd10SearchApi(ListApiView):
+    """The ICD-10 table searched by code prefix or by a part of the name, in code order
+    (for the diagnosis of a consultation)."""
+
+    permission_classes = [IsConsoleUser]
+    serializer_class = Icd10Output
+    pagination_class = ByCode
+
+    @extend_schema(
+        operation_id="console_icd10_search",
+        parameters=[
+            OpenApiParameter("q", str, required=True, description="Code prefix or name part")
+        ],
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[Icd10Code]:
+        return icd10_search(query=self.request.query_params.get("q", ""))
 
 
 def _answer(request: Request, consultation_id: UUID) -> Response:

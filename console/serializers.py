@@ -15,3 +15,10 @@ class LoginOutput(serializers.Serializer):  # type: ignore[type-arg]
 
 class TotpInput(serializers.Serializer):  # type: ignore[type-arg]
     code = serializers.CharField(max_length=10)
+
+
+class SessionOutput(serializers.Serializer):  # type: ignore[type-arg]
+    user = serializers.DictField()
+    idle_seconds = serializers.IntegerField(
+        help_text="The session ends after this long without a request"
+    )

@@ -11,14 +11,21 @@ urlpatterns = [
     path("auth/login", api.LoginApi.as_view(), name="login"),
     path("auth/totp", api.TotpApi.as_view(), name="totp"),
     path("auth/logout", api.LogoutApi.as_view(), name="logout"),
+    path("auth/session", api.SessionApi.as_view(), name="session"),
     path("ws-ticket", api.WsTicketApi.as_view(), name="ws-ticket"),
     path("identity-check", consultations.IdentityCheckApi.as_view(), name="identity-check"),
     path("duty", consultations.DutyApi.as_view(), name="duty"),
+    path("icd10", consultations.Icd10SearchApi.as_view(), name="icd10"),
     path("consultations", consultations.QueueApi.as_view(), name="consultations"),
     path(
         "consultations/<uuid:consultation_id>",
         consultations.ConsoleConsultationDetailApi.as_view(),
         name="consultation",
+    ),
+    path(
+        "consultations/<uuid:consultation_id>/patient",
+        consultations.PatientSummaryApi.as_view(),
+        name="consultation-patient",
     ),
     path(
         "consultations/<uuid:consultation_id>/accept",

@@ -10,7 +10,7 @@ from backend.api.problems import DomainError
 from backend.identity.models import Role, User
 from backend.organisations.models import Practitioner
 from consultations.lifecycle import QUEUED
-from consultations.models import Consultation, Message, PriorDiagnosis
+from consultations.models import Consultation, Icd10Code, Message, PriorDiagnosis
 
 _RELATED = (
     "profile",
@@ -89,3 +89,26 @@ def messages_after(
 
 def prior_diagnoses_of_account(*, account: User) -> QuerySet[PriorDiagnosis]:
     return PriorDiagnosis.objects.filter(profile__account=account).select_related("profile")
+
+
+def earlier_consultations(*, consultation: Consultation, limit: int = 10) -> list[Consultation]:
+    """The same patient's other consultations at the same hospital, newest first (the
+    caller has already been allowed to see ``consultation``)."""
+    return list(
+        Consultation.objects.filter(
+            profile_id=consultation.profile_id, hospital_id=consultation.hospital_id
+        )
+        .exclude(pk=consultation.pk)
+        .select_related("department", "doctor__user")
+        .order_by("-requested_at")[:limit]
+    )
+
+
+def icd10_search(*, query: str) -> QuerySet[Icd10Code]:
+    """Codes that start with ``query`` or whose Chinese or English name contains it."""
+    query = query.strip()
+    if not query:
+        return Icd10Code.objects.none()
+    return Icd10Code.objects.filter(
+        Q(code__istartswith=query) | Q(name_zh__icontains=query) | Q(name_en__icontains=query)
+    )

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from backend.api.problems import DomainError
 from backend.patients.models import PatientProfile
+from backend.patients.selectors import age_on
 from prescriptions.models import Drug
 
 
@@ -51,10 +52,6 @@ RULE_NAMES = {
     "duplicate_drug": "重复用药 (Duplicate drug)",
     "allergy_conflict": "过敏史冲突 (Known allergy)",
 }
-
-
-def _age_on(birth: dt.date, day: dt.date) -> int:
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
 
 
 def _mentions(allergen: str, drug: Drug) -> bool:
@@ -120,7 +117,7 @@ def prescription_checks(
     if supply_ok:
         add("supply_too_long", "pass", "Supply within the limits.")
 
-    age = _age_on(profile.birth_date, today)
+    age = age_on(profile.birth_date, today)
     if age < settings.PRESCRIPTION_CHILD_AGE:
         missing = [
             who

@@ -77,6 +77,7 @@ class Command(BaseCommand):
                 f"  API docs (Swagger):  {base}/api/docs/\n"
                 f"  API docs (ReDoc):    {base}/api/redoc/\n"
                 f"  Health:              {base}/healthz\n"
+                f"  Console (doctors):   {base}/console/   (TOTP codes: the file below)\n"
                 f"  Admin:               {base}/admin/   (user 'admin'; password: file below)\n"
                 f"  Console WebSocket:   ws://{host}:{port}/ws/console/\n"
                 + "".join(
