@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 
+from console.words_oversight import WORDS as OVERSIGHT_WORDS
+from console.words_prescribing import WORDS as PRESCRIBING_WORDS
+
 LANGUAGES = ("zh-hans", "en")
 DEFAULT_LANGUAGE = "zh-hans"
 LANGUAGE_COOKIE = "console_lang"
@@ -247,6 +250,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Unknown or malformed ICD-10 code.",
     },
 }
+
+
+# Each group of pages keeps its own words beside its views; one catalogue serves them all.
+for _words in (PRESCRIBING_WORDS, OVERSIGHT_WORDS):
+    _clash = sorted(set(_words) & set(MESSAGES))
+    if _clash:
+        raise ImportError(f"console words defined twice: {', '.join(_clash)}")
+    MESSAGES.update(_words)
 
 
 def console_language(request: HttpRequest) -> str:

@@ -3,8 +3,7 @@
 
 from django.urls import path
 
-from backend.identity.models import Role
-from console import pages
+from console import pages, pages_oversight, pages_prescribing
 
 app_name = "console-pages"
 
@@ -17,8 +16,6 @@ urlpatterns = [
         pages.consultation_room,
         name="consultation-room",
     ),
-    path("pharmacist/", pages.role_home(Role.PHARMACIST), name="pharmacist"),
-    path("pharmacy/", pages.role_home(Role.PHARMACY_STAFF), name="pharmacy"),
-    path("regulator/", pages.role_home(Role.REGULATOR), name="regulator"),
-    path("administrator/", pages.role_home(Role.ADMINISTRATOR), name="administrator"),
+    *pages_prescribing.urlpatterns,
+    *pages_oversight.urlpatterns,
 ]
