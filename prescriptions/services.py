@@ -19,7 +19,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -881,11 +881,15 @@ def _codes_equal(given: str, expected: str) -> bool:
 
 def _failures_exceeded(pharmacy: Pharmacy, prescription_id: UUID | str) -> bool:
     since = timezone.now() - dt.timedelta(seconds=settings.ACCESS_CODE_WINDOW_SECONDS)
-    recent = AccessCodeFailure.objects.filter(created_at__gte=since)
-    return (
-        recent.filter(pharmacy=pharmacy).count() >= settings.ACCESS_CODE_MAX_FAILURES_PER_PHARMACY
-        or recent.filter(prescription_id=prescription_id).count()
-        >= settings.ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION
+    counts = AccessCodeFailure.objects.filter(
+        Q(pharmacy=pharmacy) | Q(prescription_id=prescription_id), created_at__gte=since
+    ).aggregate(
+        pharmacy=Count("id", filter=Q(pharmacy=pharmacy)),
+        prescription=Count("id", filter=Q(prescription_id=prescription_id)),
+    )
+    return bool(
+        counts["pharmacy"] >= settings.ACCESS_CODE_MAX_FAILURES_PER_PHARMACY
+        or counts["prescription"] >= settings.ACCESS_CODE_MAX_FAILURES_PER_PRESCRIPTION
     )
 
 
@@ -934,9 +938,17 @@ def prescription_claim(
             meta=meta,
         )
         raise DomainError("too_many_attempts")
-    stored = Prescription.objects.filter(pk=prescription_id).only("access_code").first()
+    stored = (
+        Prescription.objects.filter(pk=prescription_id)
+        .only("access_code", "status", "claimed_by_id")
+        .first()
+    )
     if stored is None or not _codes_equal(access_code.strip(), stored.access_code):
         raise _bad_access_code(staff, prescription_id, meta)
+    if stored.status == S.CLAIMED and stored.claimed_by_id != pharmacy.pk:
+        # Held by another pharmacy: answered without queueing for the row lock (a claim
+        # race's losers cost one read each).
+        raise DomainError("already_claimed")
     with transaction.atomic():
         prescription = _locked(prescription_id)
         if prescription.status == S.CLAIMED and prescription.claimed_by_id == pharmacy.pk:
