@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import transaction
 
 from backend.notifications.services import notify_if_away
 from backend.organisations.models import Practitioner
+from backend.realtime import group_send
 from consultations.models import Consultation, ConsultationEvent
 
 #: What the patient is told on their phone when they are not in the chat (no health data).
@@ -77,9 +76,7 @@ def console_recipients(consultation: Consultation) -> list[Any]:
 
 
 def _send(group: str, frame: dict[str, Any], kind: str) -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(group, {"type": kind, "frame": frame})
+    group_send(group, {"type": kind, "frame": frame})
 
 
 def after_transition(consultation: Consultation, event: ConsultationEvent) -> None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
 from backend.notifications.services import notify_if_away
 from backend.organisations.models import PharmacyStaff, Practitioner, PractitionerKind
+from backend.realtime import group_send
 from consultations.push import console_user_group
 from prescriptions.models import Prescription, PrescriptionEvent, PrescriptionStatus
 
@@ -74,9 +74,7 @@ def after_change(prescription: Prescription, event: PrescriptionEvent) -> None:
                     )
                 )
             for user_id in sorted(recipients, key=str):
-                async_to_sync(layer.group_send)(
-                    console_user_group(user_id), {"type": "console.event", "frame": frame}
-                )
+                group_send(console_user_group(user_id), {"type": "console.event", "frame": frame})
         if event.action in PATIENT_NOTICES:
             notify_if_away(
                 topic=f"prescription:{prescription_id}",

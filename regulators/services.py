@@ -24,10 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -36,6 +34,7 @@ from backend.audit.services import RequestMeta, audit_record
 from backend.identity.models import User
 from backend.organisations.models import Hospital
 from backend.pki.services import seal_sign
+from backend.realtime import group_send
 from regulators.adapters import ADAPTERS, Endpoint, Outcome, WireRecord
 from regulators.models import (
     Alert,
@@ -260,26 +259,53 @@ def record_deliver(*, record_pk: int) -> DeliveryResult:
     return _apply(record, outcome)
 
 
+def _next_feed_seq(province_id: Any) -> int:
+    """Take the province's next feed number: one statement that also row-locks the
+    counter until the caller's transaction ends (so numbers stay gap-free)."""
+    table = connection.ops.quote_name(FeedCounter._meta.db_table)
+    sql = f"UPDATE {table} SET last_seq = last_seq + 1 WHERE province_id = %s RETURNING last_seq"  # noqa: S608 - the table name is ours
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [province_id])
+        row = cursor.fetchone()
+        if row is None:
+            FeedCounter.objects.get_or_create(province_id=province_id)
+            cursor.execute(sql, [province_id])
+            row = cursor.fetchone()
+    return int(row[0])
+
+
 def _apply(record: OutboxRecord, outcome: Outcome) -> DeliveryResult:
     now = timezone.now()
+    if outcome.kind == "ack":
+        # Two statements: the feed number, then the record, only if still pending; a
+        # record another worker finished meanwhile rolls the number back.
+        with transaction.atomic():
+            seq = _next_feed_seq(record.province_id)
+            acknowledged = OutboxRecord.objects.filter(
+                pk=record.pk, status=RecordStatus.PENDING
+            ).update(
+                status=RecordStatus.ACKNOWLEDGED,
+                ack_id=outcome.ack_id,
+                acknowledged_at=now,
+                feed_seq=seq,
+                locked_until=None,
+                last_status_code=outcome.status_code,
+            )
+            if not acknowledged:
+                transaction.set_rollback(True)
+                return DeliveryResult("skipped", record.pk)  # another worker finished it
+            record.status = RecordStatus.ACKNOWLEDGED
+            record.ack_id = outcome.ack_id
+            record.acknowledged_at = now
+            record.feed_seq = seq
+            record.locked_until = None
+            record.last_status_code = outcome.status_code
+            _after_ack(record)
+        return DeliveryResult("acknowledged", record.pk)
     with transaction.atomic():
         current = OutboxRecord.objects.select_for_update().get(pk=record.pk)
         if current.status != RecordStatus.PENDING:
             return DeliveryResult("skipped", record.pk)  # another worker finished it
-        if outcome.kind == "ack":
-            counter, _ = FeedCounter.objects.get_or_create(province_id=current.province_id)
-            counter = FeedCounter.objects.select_for_update().get(pk=counter.pk)
-            counter.last_seq += 1
-            counter.save(update_fields=["last_seq"])
-            current.status = RecordStatus.ACKNOWLEDGED
-            current.ack_id = outcome.ack_id
-            current.acknowledged_at = now
-            current.feed_seq = counter.last_seq
-            current.locked_until = None
-            current.last_status_code = outcome.status_code
-            current.save()
-            _after_ack(current)
-            return DeliveryResult("acknowledged", record.pk)
         if outcome.kind == "refused":
             current.status = RecordStatus.DEAD
             current.dead_code = outcome.code
@@ -346,12 +372,10 @@ def _after_ack(record: OutboxRecord) -> None:
             enqueue(following)
         if institution_filing:  # everything of the hospital was waiting for it
             records_sweep(hospital_id=hospital_id)
-        layer = get_channel_layer()
-        if layer is not None:
-            try:
-                async_to_sync(layer.group_send)(group, {"type": "feed.push", "frame": frame})
-            except Exception:  # the feed resumes from the database; a lost doorbell is fine
-                logger.warning("feed push failed", exc_info=True)
+        try:
+            group_send(group, {"type": "feed.push", "frame": frame})
+        except Exception:  # the feed resumes from the database; a lost doorbell is fine
+            logger.warning("feed push failed", exc_info=True)
 
     transaction.on_commit(after)
 
