@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -20,7 +21,7 @@ from backend.organisations.models import Practitioner, PractitionerKind
 from console.permissions import IsPractitioner
 from consultations.serializers import ReasonInput
 from prescriptions import rules
-from prescriptions.models import Prescription
+from prescriptions.models import Drug, Prescription
 from prescriptions.selectors import (
     prescription_bundle_of,
     prescription_history,
@@ -323,3 +324,59 @@ class BundleApi(ApiView):
             user=request_account(request), prescription_id=prescription_id
         )
         return Response(prescription_bundle_of(prescription=prescription))
+
+
+class DrugOutput(serializers.ModelSerializer[Drug]):
+    controlled = serializers.BooleanField(source="is_controlled", read_only=True)
+
+    class Meta:
+        model = Drug
+        fields = (
+            "id",
+            "code",
+            "generic_name",
+            "trade_name",
+            "specification",
+            "dosage_form",
+            "unit",
+            "route",
+            "rx_class",
+            "control_class",
+            "controlled",
+            "unit_price",
+        )
+
+
+class ByDrugCode(CursorPage):
+    ordering = ("code", "id")
+
+
+class DrugSearchApi(ListApiView):
+    """The active drug catalogue searched by code prefix or by a part of the generic or
+    trade name, in code order (for the prescription editor). Specially controlled drugs
+    are listed and marked: the rule checks refuse them, and the refusal is recorded."""
+
+    permission_classes = [IsPractitioner]
+    serializer_class = DrugOutput
+    pagination_class = ByDrugCode
+
+    @extend_schema(
+        operation_id="console_drugs_search",
+        parameters=[
+            OpenApiParameter(
+                "q", str, required=True, description="Code prefix or a part of the name"
+            )
+        ],
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[Drug]:
+        query = self.request.query_params.get("q", "").strip()[:64]
+        if not query:
+            return Drug.objects.none()
+        return Drug.objects.filter(is_active=True).filter(
+            Q(code__istartswith=query)
+            | Q(generic_name__icontains=query)
+            | Q(trade_name__icontains=query)
+        )

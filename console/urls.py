@@ -1,6 +1,6 @@
 from django.urls import path
 
-from console import api, consultations, payments, prescriptions
+from console import administration, api, consultations, payments, prescriptions
 from consultations import api as chat
 from prescriptions import fhir_api
 
@@ -104,6 +104,7 @@ urlpatterns = [
         name="prescription-bundle",
     ),
     path("reviews", prescriptions.ReviewsApi.as_view(), name="reviews"),
+    path("drugs", prescriptions.DrugSearchApi.as_view(), name="drugs"),
     path(
         "payments/reconciliations",
         payments.ReconciliationsApi.as_view(),
@@ -113,5 +114,21 @@ urlpatterns = [
         "prescriptions/<uuid:prescription_id>/fhir",
         fhir_api.ConsoleFhirApi.as_view(),
         name="prescription-fhir",
+    ),
+    path(
+        "administration/practitioners",
+        administration.PractitionersApi.as_view(),
+        name="administration-practitioners",
+    ),
+    path("administration/outbox", administration.OutboxApi.as_view(), name="administration-outbox"),
+    path(
+        "administration/outbox/<uuid:record_id>/replay",
+        administration.ReplayApi.as_view(),
+        name="administration-outbox-replay",
+    ),
+    path(
+        "administration/audit-chain/verify",
+        administration.AuditChainApi.as_view(),
+        name="administration-audit-chain",
     ),
 ]

@@ -99,9 +99,9 @@ def test_the_console_root_sends_each_role_to_its_home(role, home):
 
 
 def test_roles_whose_pages_come_later_see_a_page_that_says_so():
-    page = _signed_in(Role.REGULATOR).get("/console/regulator/")
+    page = _signed_in(Role.PHARMACY_STAFF).get("/console/pharmacy/")
     html = page.content.decode()
-    assert "<title>监管人员工作台 · " in html
+    assert "<title>药店人员工作台 · " in html
     assert MESSAGES["placeholder_body"]["zh-hans"] in html
 
 

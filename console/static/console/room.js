@@ -42,6 +42,8 @@ function showState(state) {
     form.hidden = !form.dataset.statuses.split(" ").includes(status);
   }
   const open = status === "in_progress";
+  // Prescribing: while in progress, or ended within the grace period (the API decides).
+  $("rx-link").hidden = !(open || status === "ended");
   for (const control of [input, $("chat-file"), $("chat-send")]) control.disabled = !open;
   $("chat-closed").hidden = open;
   const closed = $("closed-state");
