@@ -399,7 +399,9 @@ def test_an_idle_session_warns_a_minute_before_it_ends_and_can_be_kept(
     expect(page).to_have_url(f"{server}/console/regulator/")
     expect(page.locator("h1")).to_have_text("监管人员工作台")
     _accessible(page)
-    shots.take(page, "10-regulator-placeholder", "a role whose pages come later (regulator)")
+    shots.take(
+        page, "10-regulator-no-province", "a regulator account with no province: its home says so"
+    )
 
     config = "JSON.parse(document.getElementById('console-config').text)"
     idle = int(page.evaluate(f"{config}.idle_seconds"))
