@@ -189,6 +189,73 @@ MESSAGES: dict[str, dict[str, str]] = {
     "room_closed": {"zh-hans": "本次问诊{status}。", "en": "This consultation is {status}."},
     "room_reason": {"zh-hans": "原因：{reason}", "en": "Reason: {reason}"},
     "room_diagnoses": {"zh-hans": "诊断：{diagnoses}", "en": "Diagnoses: {diagnoses}"},
+    # --- call ------------------------------------------------------------------------------
+    "call_heading": {"zh-hans": "视频通话", "en": "Video call"},
+    "call_start": {"zh-hans": "视频通话", "en": "Video call"},
+    "call_answer": {"zh-hans": "接听视频通话", "en": "Answer the video call"},
+    "call_hangup": {"zh-hans": "挂断", "en": "Hang up"},
+    "call_local_video": {"zh-hans": "我的画面", "en": "My camera"},
+    "call_remote_video": {"zh-hans": "患者画面", "en": "The patient's camera"},
+    "call_state_idle": {"zh-hans": "未在通话", "en": "Not in a call"},
+    "call_state_closed": {
+        "zh-hans": "问诊进行中才能视频通话",
+        "en": "Video calls are possible while the consultation is in progress",
+    },
+    "call_state_media": {
+        "zh-hans": "正在打开摄像头和麦克风…",
+        "en": "Opening the camera and microphone…",
+    },
+    "call_state_calling": {"zh-hans": "正在呼叫患者…", "en": "Calling the patient…"},
+    "call_state_incoming": {
+        "zh-hans": "患者发起了视频通话",
+        "en": "The patient is calling you",
+    },
+    "call_state_connecting": {"zh-hans": "正在接通…", "en": "Connecting the call…"},
+    "call_state_connected": {"zh-hans": "通话中", "en": "In the call"},
+    "call_state_interrupted": {
+        "zh-hans": "通话网络中断，正在恢复…",
+        "en": "The call's connection is interrupted; recovering…",
+    },
+    "call_state_failed": {
+        "zh-hans": "无法建立通话连接，请挂断后重试",
+        "en": "The call could not connect; hang up and try again",
+    },
+    "call_state_ended": {"zh-hans": "通话已结束", "en": "The call has ended"},
+    "call_state_ended_by_patient": {
+        "zh-hans": "患者已挂断",
+        "en": "The patient hung up",
+    },
+    "call_started": {"zh-hans": "视频通话开始", "en": "Video call started"},
+    "call_ended": {"zh-hans": "视频通话结束", "en": "Video call ended"},
+    "call_error_denied": {
+        "zh-hans": "浏览器未获准使用摄像头或麦克风，请在地址栏的权限设置中允许后重试。",
+        "en": "The browser may not use the camera or microphone; allow them in the "
+        "site's permissions and try again.",
+    },
+    "call_error_no_device": {
+        "zh-hans": "未找到摄像头或麦克风，请连接设备后重试。",
+        "en": "No camera or microphone was found; connect one and try again.",
+    },
+    "call_error_busy": {
+        "zh-hans": "摄像头或麦克风被其他程序占用，请关闭后重试。",
+        "en": "The camera or microphone is in use by another program; close it and try again.",
+    },
+    "call_error_media": {
+        "zh-hans": "无法打开摄像头或麦克风。",
+        "en": "The camera or microphone could not be opened.",
+    },
+    "call_error_insecure": {
+        "zh-hans": "此浏览器或非安全连接（非 HTTPS）不支持视频通话。",
+        "en": "Video calls need a browser that supports them and a secure (HTTPS) page.",
+    },
+    "call_error_offline": {
+        "zh-hans": "尚未连接到服务器，请待连接恢复后再发起通话。",
+        "en": "Not connected to the server; call again once the connection is back.",
+    },
+    "call_error_failed": {
+        "zh-hans": "视频通话建立失败，请重试。",
+        "en": "The video call could not be set up; try again.",
+    },
     # --- problems (the API's codes) --------------------------------------------------------
     "problem_authentication_failed": {
         "zh-hans": "用户名或密码错误。",

@@ -367,3 +367,24 @@ class Screenshots:
         lines.append(f"- `{path.name}`: {shows}")
         index.write_text("\n".join(lines) + "\n")
         return path
+
+
+# --- a browser with extra switches (the video call's fake camera) -----------------------------
+
+#: A camera and microphone that need no device and no permission prompt: Chromium's test
+#: pattern and beep, granted at once (the video-call test, tests/test_console_call_browser.py).
+FAKE_MEDIA_ARGS = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+
+
+@contextlib.contextmanager
+def chromium_with(extra_args: tuple[str, ...] = ()) -> Iterator[Browser]:
+    """``chromium()`` with more command-line switches (``CHROMIUM_ARGS`` + ``extra_args``)."""
+    executable = require_chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=[*CHROMIUM_ARGS, *extra_args], headless=True
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

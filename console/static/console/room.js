@@ -9,6 +9,7 @@
 
 import "./page.js";
 import { api, clearError, problemText, showError } from "./api.js";
+import { VideoCall } from "./call.js";
 import { Conversation, newClientMsgId } from "./chat.js";
 import { config, formatTime, t } from "./i18n.js";
 import { LiveSocket } from "./socket.js";
@@ -45,6 +46,7 @@ function showState(state) {
   // Prescribing: while in progress, or ended within the grace period (the API decides).
   $("rx-link").hidden = !(open || status === "ended");
   for (const control of [input, $("chat-file"), $("chat-send")]) control.disabled = !open;
+  call.setOpen(open);
   $("chat-closed").hidden = open;
   const closed = $("closed-state");
   const final = !open && !BEFORE_ACCEPT.has(status);
@@ -135,8 +137,14 @@ function body(message) {
     return link;
   }
   const p = document.createElement("p");
-  p.textContent = message.text;
+  p.textContent = message.kind === "system" ? systemText(message.text) : message.text;
   return p;
+}
+
+/** The server's system messages, in the page's language (others as stored). */
+function systemText(text) {
+  const key = { "call.started": "call_started", "call.ended": "call_ended" }[text];
+  return key ? t(key) : text;
 }
 
 function receipt(li, key) {
@@ -258,6 +266,9 @@ async function onFrame(frame) {
     case "typing":
       if (frame.user !== me) patientTyping();
       break;
+    case "call.signal":
+      call.onSignal(frame.signal);
+      break;
     case "consultation.state":
       showState({ status: frame.status, status_reason: frame.reason });
       if (!BEFORE_ACCEPT.has(frame.status)) showState(await api(base)); // diagnoses etc.
@@ -284,6 +295,12 @@ const socket = new LiveSocket({
   indicator: $("connection"),
   onFrame,
   onFailure: (error) => showError($("room-error"), { ...error, detail: t("conn_failed") }),
+});
+
+const call = new VideoCall({
+  send: (signal) => socket.send({ type: "call.signal", signal }),
+  connected: () => socket.isOpen,
+  iceServers: config.ice_servers || [],
 });
 
 // --- writing -----------------------------------------------------------------------------
