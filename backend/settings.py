@@ -445,6 +445,22 @@ REGULATOR_DELIVERY_LEASE_SECONDS = env_int("REGULATOR_DELIVERY_LEASE_SECONDS", 6
 #: The bundled provincial platform peer the demo starts (see peers/regulator).
 REGULATOR_PEER_PORT = env_int("REGULATOR_PEER_PORT", 8701)
 
+# --- Video calls --------------------------------------------------------------------------
+#: STUN/TURN servers handed to the console's WebRTC calls, as the browser's RTCIceServer
+#: list in JSON, e.g. [{"urls": "stun:stun.hospital.cn:3478"}, {"urls": "turn:...",
+#: "username": "...", "credential": "..."}]. Empty: calls connect only where the two
+#: devices reach each other directly.
+try:
+    WEBRTC_ICE_SERVERS: list[dict[str, Any]] = json.loads(
+        os.environ.get("WEBRTC_ICE_SERVERS", "[]")
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBRTC_ICE_SERVERS is not JSON: {exc}") from exc
+if not isinstance(WEBRTC_ICE_SERVERS, list) or not all(
+    isinstance(server, dict) and "urls" in server for server in WEBRTC_ICE_SERVERS
+):
+    raise ImproperlyConfigured('WEBRTC_ICE_SERVERS must be a JSON list of {"urls": ...} objects')
+
 # --- Payments ----------------------------------------------------------------------------
 #: An attempt (or refund) we heard nothing of for this long is queried at its gateway.
 PAYMENT_QUERY_AFTER_SECONDS = env_int("PAYMENT_QUERY_AFTER_SECONDS", 60)

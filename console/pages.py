@@ -175,7 +175,10 @@ def consultation_room(request: HttpRequest, user: User, consultation_id: UUID) -
         "console/room.html",
         user=user,
         title="room_title",
-        config={"consultation": str(consultation_id)},
+        config={
+            "consultation": str(consultation_id),
+            "ice_servers": settings.WEBRTC_ICE_SERVERS,
+        },
     )
 
 

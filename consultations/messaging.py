@@ -238,6 +238,17 @@ def call_signal_seen(
     return None
 
 
+def call_end_with_consultation(consultation: Consultation, *, actor: User | None) -> None:
+    """The consultation leaves ``in_progress`` during a call (ended, referred, refused):
+    the chat record says the call ended, since no hang-up can be accepted after it.
+    Called by the lifecycle transition with the row locked, before it saves the row."""
+    if consultation.call_started_at is None:
+        return
+    consultation.call_started_at = None
+    Consultation.objects.filter(pk=consultation.pk).update(call_started_at=None)
+    _append(consultation, sender=actor, kind=MessageKind.SYSTEM, text="call.ended")
+
+
 def read_mark(*, consultation_id: UUID | str, user: User, up_to_seq: int) -> int:
     """Record what ``user`` has read; markers only move forward. Returns the marker."""
     with transaction.atomic():

@@ -26,7 +26,7 @@ from backend.organisations.models import (
     PractitionerKind,
 )
 from backend.patients.models import PatientProfile
-from consultations import billing, push, reporting
+from consultations import billing, messaging, push, reporting
 from consultations.lifecycle import CLOSED, TRANSITIONS
 from consultations.models import (
     Consultation,
@@ -218,6 +218,8 @@ def _transition(
             extra={"consultation_status": source},
         )
     now = timezone.now()
+    if source == ConsultationStatus.IN_PROGRESS and transition.target != source:
+        messaging.call_end_with_consultation(consultation, actor=actor)
     consultation.status = transition.target
     if reason:
         consultation.status_reason = reason

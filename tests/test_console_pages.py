@@ -5,6 +5,7 @@ summary, duty state and session (the browser story is tests/test_console_browser
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,15 @@ def test_the_session_says_who_is_signed_in_and_how_long_it_lasts_idle():
     assert answer["idle_seconds"] == django_settings.SESSION_COOKIE_AGE
     assert (answer["user"]["id"], answer["user"]["role"]) == (str(doctor.user_id), "doctor")
     assert APIClient().get(f"{CONSOLE}/auth/session").status_code == 401
+
+
+def test_the_room_hands_the_configured_stun_and_turn_servers_to_the_call(settings):
+    servers = [
+        {"urls": "stun:stun.hospital.example:3478"},
+        {"urls": "turn:turn.hospital.example:3478", "username": "u", "credential": "c"},
+    ]
+    settings.WEBRTC_ICE_SERVERS = servers
+    room = _signed_in(Role.DOCTOR).get(f"/console/doctor/consultations/{Consultation().pk}/")
+    assert room.status_code == 200
+    config = room.content.decode().split('id="console-config" type="application/json">')[1]
+    assert json.loads(config.split("</script>")[0])["ice_servers"] == servers

@@ -1151,3 +1151,31 @@ def test_a_transition_the_status_does_not_allow_is_a_409_state_conflict(
     assert event_actions(consultation_id) == events_before
     problem = assert_problem(response, 409, "consultation_state_conflict")
     assert status in problem["detail"]
+
+
+@db
+@pytest.mark.usefixtures("icd10")
+@pytest.mark.parametrize("action", ["end", "refer-offline", "refuse-first-visit"])
+def test_a_call_still_running_when_the_consultation_closes_is_recorded_as_ended(action):
+    """No hang-up is accepted once the consultation left in_progress, so the transition
+    itself closes the chat record of a running call."""
+    from consultations.messaging import call_signal_seen
+    from consultations.models import Message
+
+    scene = Scene(DepartmentFactory())
+    consultation_id = scene.in_progress()
+    call_signal_seen(consultation_id=consultation_id, actor=scene.account, signal={"type": "offer"})
+    body = end_body() if action == "end" else {"reason": "需要面诊"}
+    response = scene.doctor_api.post(_url(consultation_id, action), body, format="json")
+    assert response.status_code == 200, response.content
+    consultation = Consultation.objects.get(pk=consultation_id)
+    assert consultation.call_started_at is None
+    assert list(
+        Message.objects.filter(consultation_id=consultation_id)
+        .order_by("seq")
+        .values_list("seq", "kind", "text", "sender_id")
+    ) == [
+        (1, "system", "call.started", scene.account.pk),
+        (2, "system", "call.ended", scene.doctor.user.pk),
+    ]
+    assert consultation.last_seq == 2
