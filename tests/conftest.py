@@ -14,6 +14,9 @@ from tests.factories import (
     PractitionerFactory,
 )
 
+#: The console's browser-test fixtures (server, browser, shots, orm_beside_playwright).
+pytest_plugins = ["tests.console_browser_fixtures"]
+
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
 

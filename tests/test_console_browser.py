@@ -16,9 +16,6 @@ each one shows.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +24,11 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 from backend.identity.models import Role, User
 from backend.organisations.models import Practitioner
 from consultations.models import Consultation
+from tests.console_browser_fixtures import accessible, watch
 from tests.console_browser_helpers import (
     Screenshots,
     ScriptedPatient,
-    accessibility_problems,
-    chromium,
-    daphne_server,
     otp,
-    require_chromium,
     signed_in_context,
     tab_to,
     with_server_password,
@@ -43,56 +37,13 @@ from tests.consult_helpers import patient_with_record, ready_doctor
 from tests.consult_http_helpers import png_bytes
 from tests.factories import PASSWORD, DepartmentFactory, UserFactory
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("orm_beside_playwright"),
+]
 
 expect.set_options(timeout=15_000)
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _orm_beside_playwright() -> Iterator[None]:
-    """Playwright's sync API keeps its event loop running in this thread between calls,
-    and Django then refuses every ORM call as if it came from async code. Nothing runs
-    concurrently here (the loop only serves Playwright), so the tests' own set-up and
-    checks may use the ORM; the server process keeps Django's checks."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_chromium()  # before starting anything
-    with daphne_server(tmp_path_factory.mktemp("daphne") / "daphne.log") as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def browser(server: str) -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Screenshots:
-    folder = Path(
-        os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots"
-    ).resolve()
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\nconsole screenshots: {folder}")
-    return Screenshots(folder)
-
-
-def _watch(page: Page) -> list[str]:
-    """Script errors on the page (each test ends with none)."""
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
-
-
-def _accessible(page: Page) -> None:
-    assert accessibility_problems(page) == []
 
 
 def _doctor(department: Any, **fields: Any) -> Practitioner:
@@ -111,13 +62,13 @@ def test_a_doctor_signs_in_with_the_keyboard_only_and_goes_on_duty(
     user = doctor.user
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
 
     # Asking for a page signs in first, in Chinese whatever the browser prefers.
     page.goto(f"{server}/console/doctor/")
     expect(page).to_have_url(f"{server}/console/login/?next=%2Fconsole%2Fdoctor%2F")
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
-    _accessible(page)
+    accessible(page)
     shots.take(page, "01-login", "the sign-in page (zh-hans), username and password")
 
     tab_to(page, "#username")
@@ -134,7 +85,7 @@ def test_a_doctor_signs_in_with_the_keyboard_only_and_goes_on_duty(
 
     code = page.locator("#totp-code")
     expect(code).to_be_focused()
-    _accessible(page)
+    accessible(page)
     page.keyboard.type(otp(user, steps_ahead=10))  # a code from the wrong time
     page.keyboard.press("Enter")
     expect(page.locator("#totp-error")).to_have_text("动态验证码错误或已使用，请输入新的验证码。")
@@ -179,7 +130,7 @@ def test_a_doctor_takes_a_consultation_from_the_live_queue_to_its_end(
     patient = ScriptedPatient(server, account)
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
 
     # Sign in (password, then the code) and land on the doctor's home.
     page.goto(f"{server}/console/login/")
@@ -206,7 +157,7 @@ def test_a_doctor_takes_a_consultation_from_the_live_queue_to_its_end(
     expect(entry).to_contain_text("血压控制尚可，需要续药")
     expect(page.locator("#queue-count")).to_have_text("(1)")
     assert page.evaluate("window.__samePage") is True  # no reload
-    _accessible(page)
+    accessible(page)
     shots.take(page, "03-doctor-home", "doctor's home: on duty, identity checked, live queue")
 
     # While waiting, the patient describes the problem.
@@ -224,7 +175,7 @@ def test_a_doctor_takes_a_consultation_from_the_live_queue_to_its_end(
     accept_error = page.locator("#accept-form .error")
     expect(accept_error).to_have_text("请确认本次为复诊，或以初诊为由拒诊。")
     expect(accept_error).to_have_attribute("data-code", "follow_up_not_confirmed")
-    _accessible(page)
+    accessible(page)
     shots.take(page, "04-room-waiting", "the room before accepting: summary, the API's error")
     page.get_by_label("我已核实：患者已在线下确诊，本次为复诊").check()
     page.get_by_role("button", name="接诊").click()
@@ -292,7 +243,7 @@ def test_a_doctor_takes_a_consultation_from_the_live_queue_to_its_end(
     texts = [f["message"]["text"] for f in patient.of("message.new")]
     assert texts.count("收到，请继续按时服药") == 1
     assert box.input_value() == "还想问一下饮食"
-    _accessible(page)
+    accessible(page)
     shots.take(page, "05-room-chat", "the chat after a dropped connection: all messages once")
 
     # End: a diagnosis found by the ICD-10 search, the note, the fee in yuan.
@@ -305,7 +256,7 @@ def test_a_doctor_takes_a_consultation_from_the_live_queue_to_its_end(
     page.get_by_label("检查所见").fill("家庭自测血压130/85 mmHg")
     page.get_by_label("医嘱").fill("继续服药，低盐饮食，每日监测血压")
     page.get_by_label("诊费（元）").fill("20.5")
-    _accessible(page)
+    accessible(page)
     shots.take(page, "06-room-end-form", "ending: the ICD-10 search, the note and the fee")
     page.get_by_role("button", name="结束问诊").click()
     expect(page.locator("#room-status")).to_have_text("已结束")
@@ -345,7 +296,7 @@ def test_a_doctor_refers_one_consultation_offline_and_refuses_another_in_english
     )
     context = signed_in_context(browser, server, doctor.user, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
 
     page.goto(f"{server}/console/doctor/consultations/{refuse_id}/?lang=en")
     expect(page.locator("html")).to_have_attribute("lang", "en")
@@ -356,7 +307,7 @@ def test_a_doctor_refers_one_consultation_offline_and_refuses_another_in_english
     expect(page.locator("#closed-state")).to_contain_text(
         "Reason: No prior offline diagnosis of this illness"
     )
-    _accessible(page)
+    accessible(page)
     shots.take(page, "08-room-refused-en", "a consultation refused as a first visit, in English")
 
     page.goto(f"{server}/console/doctor/consultations/{refer_id}/")  # English is remembered
@@ -393,12 +344,12 @@ def test_an_idle_session_warns_a_minute_before_it_ends_and_can_be_kept(
     regulator: User = with_server_password(UserFactory(role=Role.REGULATOR))
     context = signed_in_context(browser, server, regulator, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
     page.clock.install()
     page.goto(f"{server}/console/")
     expect(page).to_have_url(f"{server}/console/regulator/")
     expect(page.locator("h1")).to_have_text("监管人员工作台")
-    _accessible(page)
+    accessible(page)
     shots.take(
         page, "10-regulator-no-province", "a regulator account with no province: its home says so"
     )

@@ -14,24 +14,21 @@ said plainly, and the call button works only while the consultation is in progre
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from consultations.models import Consultation, Message
+from tests.console_browser_fixtures import watch
 from tests.console_browser_helpers import (
     FAKE_MEDIA_ARGS,
     Screenshots,
     ScriptedPatient,
     accessibility_problems,
     chromium_with,
-    daphne_server,
-    require_chromium,
     signed_in_context,
     tab_to,
     with_server_password,
@@ -39,46 +36,19 @@ from tests.console_browser_helpers import (
 from tests.consult_helpers import patient_with_record, ready_doctor
 from tests.factories import DepartmentFactory
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("orm_beside_playwright"),
+]
 
 expect.set_options(timeout=15_000)
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _orm_beside_playwright() -> Iterator[None]:
-    """As in test_console_browser.py: Playwright's loop in this thread would make Django
-    refuse the tests' own ORM calls; the server process keeps Django's checks."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_chromium()
-    with daphne_server(tmp_path_factory.mktemp("daphne") / "daphne.log") as base:
-        yield base
 
 
 @pytest.fixture(scope="module")
 def browser(server: str) -> Iterator[Browser]:
     with chromium_with(FAKE_MEDIA_ARGS) as launched:
         yield launched
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Screenshots:
-    folder = Path(
-        os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots"
-    ).resolve()
-    return Screenshots(folder)
-
-
-def _watch(page: Page) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
 
 
 # --- the patient's phone: a second page with its own RTCPeerConnection -------------------------
@@ -160,7 +130,7 @@ def test_a_doctor_calls_the_patient_hangs_up_and_answers_the_patients_call(
 
     context = signed_in_context(browser, server, doctor.user, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
     page.goto(f"{server}/console/doctor/consultations/{consultation_id}/")
     state = page.locator("#call-state")
     start = page.get_by_role("button", name="视频通话", exact=True)
@@ -271,7 +241,7 @@ def test_a_camera_the_browser_refuses_or_lacks_is_said_plainly(
     context = signed_in_context(browser, server, doctor.user, viewport=VIEWPORT)
     context.add_init_script(f"({_MEDIA_REFUSED})()")
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
     page.goto(f"{server}/console/doctor/consultations/{consultation_id}/?lang=en")
     page.get_by_label("I confirm the patient was diagnosed offline").check()
     page.get_by_role("button", name="Accept").click()

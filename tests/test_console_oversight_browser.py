@@ -16,10 +16,8 @@ Screenshots go to ``$CONSOLE_SCREENSHOTS`` (CI: artifacts/screenshots), else to
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -33,12 +31,9 @@ from backend.organisations.models import HospitalAdministrator, RegulatorOfficia
 from consultations.services import consultations_expire_due
 from payments.models import Reconciliation
 from regulators.models import Alert, AlertKind, OutboxRecord, RecordStatus
+from tests.console_browser_fixtures import accessible, watch
 from tests.console_browser_helpers import (
     Screenshots,
-    accessibility_problems,
-    chromium,
-    daphne_server,
-    require_chromium,
     signed_in_context,
     tab_to,
     with_server_password,
@@ -48,7 +43,10 @@ from tests.factories import PASSWORD, DepartmentFactory, HospitalFactory, UserFa
 from tests.regulator_helpers import Platform, drain, platform
 from tests.rx_helpers import RxScene
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("icd10")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("icd10", "orm_beside_playwright"),
+]
 
 T = TypeVar("T")
 
@@ -56,43 +54,10 @@ expect.set_options(timeout=15_000)
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _orm_beside_playwright() -> Iterator[None]:
-    """Playwright's sync API keeps an event loop running in this thread; nothing runs
-    concurrently with the tests' own ORM calls (see tests/test_console_browser.py)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_chromium()
-    with daphne_server(tmp_path_factory.mktemp("daphne") / "daphne.log") as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def browser(server: str) -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
 @pytest.fixture(scope="module")
 def peer(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with platform(tmp_path_factory.mktemp("peer")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Screenshots:
-    folder = Path(
-        os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots"
-    ).resolve()
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\nconsole screenshots: {folder}")
-    return Screenshots(folder)
 
 
 @pytest.fixture
@@ -117,16 +82,6 @@ def _off_loop(work: Callable[[], T]) -> T:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(run).result()
-
-
-def _watch(page: Page) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
-
-
-def _accessible(page: Page) -> None:
-    assert accessibility_problems(page) == []
 
 
 def _story(scene: RxScene) -> None:
@@ -165,7 +120,7 @@ def test_a_regulator_sees_the_feed_indicators_and_an_alert_arrive_live(
     RegulatorOfficial.objects.create(user=official, province=province)
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
 
     # Sign in with the keyboard: regulators have no second factor (SECOND_FACTOR_ROLES).
     page.goto(f"{server}/console/regulator/")
@@ -206,7 +161,7 @@ def test_a_regulator_sees_the_feed_indicators_and_an_alert_arrive_live(
         "aria-label", f"问诊：已接诊与超时未接诊. {hospital.name}: 申请 1, 已接诊 1, 超时未接诊 0"
     )
     expect(page.locator("#chart-upload-live tbody tr")).to_have_count(received)
-    _accessible(page)
+    accessible(page)
     shots.take(page, "12-regulator-dashboard", "regulator: feed, no alert, indicators (zh-hans)")
 
     # While the page is open: a consultation expires unanswered; its records and the
@@ -235,7 +190,7 @@ def test_a_regulator_sees_the_feed_indicators_and_an_alert_arrive_live(
     expect(_cell(page, consultations, "requested")).to_have_text("2")
     expect(_cell(page, consultations, "expired")).to_have_text("1")
     assert page.evaluate("window.__sameDocument") is True
-    _accessible(page)
+    accessible(page)
     shots.take(page, "13-regulator-live", "regulator: records and an alert arrived live")
 
     # The filter: a hospital of the province with no record has no indicators, no alert.
@@ -261,7 +216,7 @@ def test_a_regulator_sees_the_feed_indicators_and_an_alert_arrive_live(
         "Prescriptions: issued, reviewed, rejected, dispensed"
     )
     expect(_cell(page, "chart-prescriptions", "issued")).to_have_text("1")
-    _accessible(page)
+    accessible(page)
     assert errors == []
     context.close()
 
@@ -310,7 +265,7 @@ def test_an_administrator_sees_practitioners_replays_a_dead_letter_and_checks_th
     HospitalAdministrator.objects.create(user=admin, hospital=hospital)
     context = signed_in_context(browser, server, admin, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
     page.goto(f"{server}/console/")
     expect(page).to_have_url(f"{server}/console/administrator/")
     expect(page.locator("h1")).to_have_text("医院管理员工作台")
@@ -330,7 +285,7 @@ def test_an_administrator_sees_practitioners_replays_a_dead_letter_and_checks_th
     expect(dead_rows.first).to_contain_text("E4001: 药品编码未备案")
     expect(dead_rows.first).to_contain_text("处方审核")
     expect(page.locator("#pending-empty")).to_be_visible()
-    _accessible(page)
+    accessible(page)
     shots.take(page, "14-administrator", "administrator: practitioners, a dead letter, outbox")
 
     # Replay it with the keyboard: queued again (and audited), then delivered.
@@ -373,7 +328,7 @@ def test_an_administrator_sees_practitioners_replays_a_dead_letter_and_checks_th
         page.get_by_role("button", name="对账", exact=True).click()
     assert ran.value.status == 201
     expect(page.locator("#recon-error")).to_be_hidden()
-    _accessible(page)
+    accessible(page)
     shots.take(page, "15-administrator-checked", "administrator: replayed, audit chain intact")
 
     # In English.
@@ -381,7 +336,7 @@ def test_an_administrator_sees_practitioners_replays_a_dead_letter_and_checks_th
     expect(page.locator("h1")).to_have_text("Hospital administrator console")
     expect(page.locator("#practitioners td[data-status=filed]").first).to_have_text("Filed")
     expect(page.locator("#dead-empty")).to_have_text("No dead letter")
-    _accessible(page)
+    accessible(page)
     shots.take(page, "16-administrator-en", "administrator's page in English")
     assert errors == []
     context.close()
@@ -393,7 +348,7 @@ def test_a_regulator_account_without_a_province_sees_the_refusal_not_a_broken_pa
     loose: User = with_server_password(UserFactory(role=Role.REGULATOR))
     context = signed_in_context(browser, server, loose, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
     page.goto(f"{server}/console/regulator/")
     expect(page.locator("h1")).to_have_text("监管人员工作台")
     expect(page.locator("#connection")).to_have_attribute("data-state", "failed")
@@ -401,6 +356,6 @@ def test_a_regulator_account_without_a_province_sees_the_refusal_not_a_broken_pa
     expect(page.locator("#alerts-error")).to_have_attribute("data-code", "not_a_regulator")
     expect(page.locator("#indicators-error")).to_have_attribute("data-code", "not_a_regulator")
     expect(page.locator("#feed-error")).to_have_attribute("data-code", "not_a_regulator")
-    _accessible(page)
+    accessible(page)
     assert errors == []
     context.close()

@@ -17,10 +17,8 @@ Screenshots go to ``$CONSOLE_SCREENSHOTS`` (CI: artifacts/screenshots), else to
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -30,13 +28,10 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 from backend.organisations.models import Practitioner
 from prescriptions.models import ControlledDrugAttempt, Prescription, PrescriptionStatus
 from prescriptions.rules import RULE_NAMES
+from tests.console_browser_fixtures import accessible, watch
 from tests.console_browser_helpers import (
     Screenshots,
-    accessibility_problems,
-    chromium,
-    daphne_server,
     otp,
-    require_chromium,
     signed_in_context,
     tab_to,
     with_server_password,
@@ -44,45 +39,15 @@ from tests.console_browser_helpers import (
 from tests.factories import DepartmentFactory
 from tests.rx_helpers import RxScene, line
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("orm_beside_playwright"),
+]
 
 T = TypeVar("T")
 
 expect.set_options(timeout=15_000)
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1100}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _orm_beside_playwright() -> Iterator[None]:
-    """Playwright's sync API keeps an event loop running in this thread; nothing runs
-    concurrently with the tests' own ORM calls (see tests/test_console_browser.py)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    require_chromium()
-    with daphne_server(tmp_path_factory.mktemp("daphne") / "daphne.log") as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def browser(server: str) -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Screenshots:
-    folder = Path(
-        os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "screenshots"
-    ).resolve()
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\nconsole screenshots: {folder}")
-    return Screenshots(folder)
 
 
 def _off_loop(work: Callable[[], T]) -> T:
@@ -97,16 +62,6 @@ def _off_loop(work: Callable[[], T]) -> T:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(run).result()
-
-
-def _watch(page: Page) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    return errors
-
-
-def _accessible(page: Page) -> None:
-    assert accessibility_problems(page) == []
 
 
 def _check(page: Page, rule: str) -> Any:
@@ -125,16 +80,16 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     # The pharmacist's queue is open (and empty) before anything is signed.
     review_context = signed_in_context(browser, server, pharmacist, viewport=VIEWPORT)
     queue = review_context.new_page()
-    queue_errors = _watch(queue)
+    queue_errors = watch(queue)
     queue.goto(f"{server}/console/pharmacist/")
     expect(queue.locator("#duty-switch")).to_have_attribute("aria-checked", "true")
     expect(queue.locator("#connection")).to_have_attribute("data-state", "open")
     expect(queue.locator("#reviews-empty")).to_be_visible()
-    _accessible(queue)
+    accessible(queue)
 
     context = signed_in_context(browser, server, doctor, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
 
     # From the room to the editor, with the keyboard.
     page.goto(f"{server}/console/doctor/consultations/{consultation}/")
@@ -144,7 +99,7 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     expect(page).to_have_url(f"{server}/console/doctor/consultations/{consultation}/prescription/")
     expect(page.locator("#rx-patient")).to_contain_text(scene.profile.real_name)
     expect(page.locator("#drug-search")).to_be_focused()
-    _accessible(page)
+    accessible(page)
 
     # Find a drug by name and add it with the keyboard; the focus goes to its dose.
     page.keyboard.type("氨氯地平")
@@ -174,7 +129,7 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     expect(_check(page, "supply_too_long")).to_have_attribute("data-outcome", "pass")
     expect(page.locator("#rx-save-error")).to_be_hidden()
     expect(page.locator("#rx-saved")).to_contain_text("草稿已保存")
-    _accessible(page)
+    accessible(page)
     shots.take(
         page,
         "20-rx-editor-checks",
@@ -207,7 +162,7 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     )
     expect(controlled).to_have_class("rx-check refused")
     expect(controlled).to_contain_text("盐酸吗啡片")
-    _accessible(page)
+    accessible(page)
     shots.take(
         page,
         "21-rx-editor-controlled-refused",
@@ -240,7 +195,7 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     expect(item).to_contain_text(scene.profile.real_name)
     expect(item).to_contain_text("苯磺酸氨氯地平片")
     expect(queue.locator("#reviews-empty")).to_be_hidden()
-    _accessible(queue)
+    accessible(queue)
     shots.take(
         queue,
         "22-pharmacist-queue",
@@ -259,7 +214,7 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     expect(queue.locator("#rx-lines")).to_contain_text("DEMO-0001")
     expect(queue.locator("#rx-chronic")).to_have_text("原发性高血压，长期规律服药")
     expect(_check(queue, "supply_too_long")).to_contain_text(RULE_NAMES["supply_too_long"])
-    _accessible(queue)
+    accessible(queue)
     shots.take(
         queue,
         "23-pharmacist-review",
@@ -275,7 +230,7 @@ def test_a_doctor_writes_and_signs_a_prescription_and_a_pharmacist_approves_it_l
     expect(queue.locator("#rx-done")).to_contain_text("已生效")
     expect(queue.locator('#rx-signers li[data-role="pharmacist"]')).to_be_visible()
     expect(queue.locator("#rx-approve-form")).to_be_hidden()
-    _accessible(queue)
+    accessible(queue)
     shots.take(
         queue,
         "24-pharmacist-approved",
@@ -307,21 +262,21 @@ def test_a_pharmacist_rejects_with_a_reason_and_the_doctor_revises_it_in_english
     # The doctor's editor finds the signed prescription of the consultation.
     context = signed_in_context(browser, server, doctor, viewport=VIEWPORT)
     page = context.new_page()
-    errors = _watch(page)
+    errors = watch(page)
     page.goto(f"{server}/console/doctor/consultations/{consultation}/prescription/?lang=en")
     expect(page.locator("#rx-status")).to_have_text("Under pharmacist review")
     expect(page.locator("#line-0-days")).to_have_value("3")
     expect(page.locator("#line-0-days")).to_be_disabled()
     expect(page.locator("#connection")).to_have_attribute("data-state", "open")
-    _accessible(page)
+    accessible(page)
 
     review_context = signed_in_context(browser, server, pharmacist, viewport=VIEWPORT)
     review = review_context.new_page()
-    review_errors = _watch(review)
+    review_errors = watch(review)
     review.goto(f"{server}/console/pharmacist/prescriptions/{prescription_id}/?lang=en")
     expect(review.locator("#rx-verification")).to_have_text("Signature verified")
     expect(review.locator("#rx-lines")).to_contain_text("2 盒")
-    _accessible(review)
+    accessible(review)
 
     # A reason is required; then the rejection goes back to the doctor.
     tab_to(review, "#rx-reject")
@@ -334,7 +289,7 @@ def test_a_pharmacist_rejects_with_a_reason_and_the_doctor_revises_it_in_english
     expect(review.locator("#rx-status")).to_have_attribute("data-status", "review_rejected")
     expect(review.locator("#rx-done")).to_contain_text("Rejected by review")
     expect(review.locator("#rx-reject-form")).to_be_hidden()
-    _accessible(review)
+    accessible(review)
     shots.take(
         review,
         "25-pharmacist-rejected-en",
@@ -344,7 +299,7 @@ def test_a_pharmacist_rejects_with_a_reason_and_the_doctor_revises_it_in_english
     # The doctor's editor shows the rejection live, with the reason, and revises it.
     expect(page.locator("#rx-status")).to_have_attribute("data-status", "review_rejected")
     expect(page.locator("#rx-signed")).to_contain_text("please check the quantity")
-    _accessible(page)
+    accessible(page)
     shots.take(
         page,
         "26-rx-editor-rejected-en",
