@@ -281,6 +281,22 @@ class Store:
     def _all(self, cls: type[Any], sql: str, params: Iterable[Any] = ()) -> list[Any]:
         return [cls(**dict(row)) for row in self._db.execute(sql, tuple(params)).fetchall()]
 
+    def _insert_row(
+        self, table: str, cls: type[Any], names: Iterable[str], values: dict[str, Any]
+    ) -> Any:
+        """Insert ``values`` (the ``names`` columns) into ``table``; the stored row back."""
+        columns = list(names)
+        cursor = self._db.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - our own names
+            f"VALUES ({', '.join('?' for _ in columns)})",
+            tuple(values.get(name) for name in columns),
+        )
+        return self._one(
+            cls,
+            f"SELECT {_columns(cls)} FROM {table} WHERE seq = ?",  # noqa: S608
+            (cursor.lastrowid,),
+        )
+
     def _insert_notification(self, note: NewNotification) -> None:
         self._db.execute(
             "INSERT INTO notifications (id, mchid, event_type, out_trade_no, out_refund_no, "
@@ -339,16 +355,7 @@ class Store:
                 if existing is not None:
                     db.execute("ROLLBACK")
                     return existing, False
-                cursor = db.execute(
-                    f"INSERT INTO transactions ({', '.join(names)}) "  # noqa: S608
-                    f"VALUES ({', '.join('?' for _ in names)})",
-                    tuple(values.get(name) for name in names),
-                )
-                created: Transaction = self._one(
-                    Transaction,
-                    f"SELECT {_columns(Transaction)} FROM transactions WHERE seq = ?",  # noqa: S608
-                    (cursor.lastrowid,),
-                )
+                created: Transaction = self._insert_row("transactions", Transaction, names, values)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -454,16 +461,7 @@ class Store:
                 if refunded + int(values["refund"]) > int(values["total"]):
                     db.execute("ROLLBACK")
                     return None, False
-                cursor = db.execute(
-                    f"INSERT INTO refunds ({', '.join(names)}) "  # noqa: S608
-                    f"VALUES ({', '.join('?' for _ in names)})",
-                    tuple(values.get(name) for name in names),
-                )
-                created: Refund = self._one(
-                    Refund,
-                    f"SELECT {_columns(Refund)} FROM refunds WHERE seq = ?",  # noqa: S608
-                    (cursor.lastrowid,),
-                )
+                created: Refund = self._insert_row("refunds", Refund, names, values)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
