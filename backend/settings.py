@@ -442,6 +442,14 @@ REGULATOR_RETRY_BASE_SECONDS = env_int("REGULATOR_RETRY_BASE_SECONDS", 2)
 REGULATOR_RETRY_MAX_SECONDS = env_int("REGULATOR_RETRY_MAX_SECONDS", 600)
 #: How long a worker holds a record it is sending; a killed worker's lease runs out.
 REGULATOR_DELIVERY_LEASE_SECONDS = env_int("REGULATOR_DELIVERY_LEASE_SECONDS", 60)
+#: A worker leases up to this many records at a time and drains for at most this long
+#: before a fresh task carries on (docs/reporting.md).
+REGULATOR_DRAIN_BATCH = env_int("REGULATOR_DRAIN_BATCH", 50)
+REGULATOR_DRAIN_SECONDS = env_int("REGULATOR_DRAIN_SECONDS", 10)
+#: A worker stops sending to a province after a connection error or timeout, or this many
+#: retryable answers in a row, and probes again after a pause doubling up to the maximum.
+REGULATOR_BREAKER_FAILURES = env_int("REGULATOR_BREAKER_FAILURES", 10)
+REGULATOR_BREAKER_MAX_SECONDS = env_int("REGULATOR_BREAKER_MAX_SECONDS", 2)
 #: The bundled provincial platform peer the demo starts (see peers/regulator).
 REGULATOR_PEER_PORT = env_int("REGULATOR_PEER_PORT", 8701)
 

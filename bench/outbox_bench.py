@@ -79,7 +79,7 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ih_bench_outbox"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 TEMPLATE_ENV = "BENCH_OUTBOX_TEMPLATE"
 BASELINE_TASK = "bench.outbox_bench.baseline_post"
-DELIVER_TASK = "regulators.tasks.deliver_record"
+DELIVER_TASK = "regulators.tasks.drain_outbox"
 SWEEP_TASK = "regulators.tasks.sweep_outbox"
 CONTROL_TASK = "bench.outbox_bench.control"
 
@@ -451,16 +451,16 @@ def doorbell_off() -> Iterator[None]:
     only the bench process is affected, the product code is unchanged."""
     import regulators.services as services
 
-    original = services.enqueue
+    original = services.enqueue_drain
 
-    def silent(record_pk: int) -> None:
+    def silent(countdown: float | None = None) -> None:
         return None
 
-    services.enqueue = silent
+    services.enqueue_drain = silent
     try:
         yield
     finally:
-        services.enqueue = original
+        services.enqueue_drain = original
 
 
 def prefill(producer: Producer, n: int, batch: int = 20) -> tuple[int, int, float]:
@@ -589,7 +589,7 @@ class Latency:
 
 def outcome_line(outcomes: dict[str, int]) -> str:
     short = {
-        f"{DELIVER_TASK}:": "deliver ",
+        f"{DELIVER_TASK}:": "drain ",
         f"{BASELINE_TASK}:": "baseline ",
         f"{SWEEP_TASK}:run": "sweeps",
     }
@@ -876,15 +876,15 @@ def check_order(peer: Peer) -> OrderCheck:
 # --- Profiles ---------------------------------------------------------------------------------
 
 BREAKDOWN: list[tuple[str, str, str]] = [
-    ("record_deliver (task body)", "regulators/services.py", "record_deliver"),
-    ("  _lease (UPDATE … RETURNING count)", "regulators/services.py", "_lease"),
-    ("  _blocked (EXISTS earlier unacked)", "regulators/services.py", "_blocked"),
+    ("records_drain (task body)", "regulators/services.py", "records_drain"),
+    ("  _lease (batch: SELECT FOR UPDATE SKIP LOCKED)", "regulators/services.py", "_lease"),
     ("  adapter send (sign + HTTP)", "regulators/adapters.py", "send"),
     ("    httpx Client.post", "httpx/_client.py", "post"),
-    ("  _apply (ack transaction)", "regulators/services.py", "_apply"),
-    ("    _after_ack on-commit callback", "regulators/services.py", "after"),
-    ("    enqueue (doorbell to Redis)", "regulators/services.py", "enqueue"),
-    ("    feed push (async_to_sync group_send)", "asgiref/sync.py", "__call__"),
+    ("  _acknowledge (batch ack transaction)", "regulators/services.py", "_acknowledge"),
+    ("  _reschedule (batch retry transaction)", "regulators/services.py", "_reschedule"),
+    ("    after-commit callback (feed push)", "regulators/services.py", "after"),
+    ("    group_send", "backend/realtime.py", "group_send"),
+    ("  enqueue_drain (doorbell to Redis)", "regulators/services.py", "enqueue_drain"),
     ("records_sweep (beat)", "regulators/services.py", "records_sweep"),
     ("baseline_post (task body)", "bench/outbox_bench.py", "baseline_post"),
     ("Django SQL execute", "django/db/backends/utils.py", "_execute"),

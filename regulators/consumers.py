@@ -84,11 +84,14 @@ class RegulatorFeedConsumer(JsonConsumer):
         await self.send_error("unknown_type", "The feed only sends; use ping to keep alive.")
 
     async def feed_push(self, event: dict[str, Any]) -> None:
-        item = event["frame"]["record"]
-        seq = item.get("seq")
-        if seq is None or seq <= self.last_seq:
-            return
-        if seq > self.last_seq + 1:
-            await self._catch_up()  # a frame was missed: the database has it
-            return
-        await self._send_record(item)
+        """A batch of acknowledged records, in feed order (``frames``; ``frame`` is one)."""
+        frames = event.get("frames") or [event["frame"]]
+        for frame in frames:
+            item = frame["record"]
+            seq = item.get("seq")
+            if seq is None or seq <= self.last_seq:
+                continue
+            if seq > self.last_seq + 1:
+                await self._catch_up()  # a frame was missed: the database has it
+                continue
+            await self._send_record(item)

@@ -4,12 +4,13 @@ afterwards, exactly once at the platform and in order per aggregate.
 - ``outbox_append`` validates the payload against its schema, seals it with the
   hospital's institution certificate (over its RFC 8785 bytes) and stores the record in
   the caller's transaction; a delivery task is queued after commit.
-- ``record_deliver`` (the Celery task's body) takes a lease on the record, waits while an
-  earlier record of the same aggregate is unacknowledged, sends it through the province's
-  adapter outside any transaction, and applies the outcome: acknowledged (ack id, feed
-  sequence, the next record of the aggregate queued), dead letter on a 4xx (with an
-  alert), or a retry with exponential backoff and jitter on a 5xx or timeout.
-- ``records_sweep`` (periodic) queues due retries and records whose lease ran out (a
+- ``records_drain`` (the Celery task's body) leases batches of records first in line
+  (every earlier record of the same aggregate acknowledged), sends each through the
+  province's adapter outside any transaction, and applies the outcomes per batch:
+  acknowledged (ack id, feed sequence), dead letter on a 4xx (with an alert), or a retry
+  with exponential backoff and jitter on a 5xx or timeout; a per-province breaker stops
+  it hammering a platform that is down (see the Delivery section).
+- ``records_sweep`` (periodic) rings for due retries and records whose lease ran out (a
   worker killed mid-delivery); the platform deduplicates by ``record_id``, so a record
   sent twice is acknowledged once ("duplicate").
 """
@@ -19,14 +20,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import math
 import random
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -112,19 +117,21 @@ def outbox_append(
             "value": base64.b64encode(seal.value).decode(),
         },
     )
-    pk = record.pk
-    transaction.on_commit(lambda: enqueue(pk))
+    transaction.on_commit(enqueue_drain)
     return record
 
 
-def enqueue(record_pk: int) -> None:
-    """Queue a delivery; if the broker is down the sweep will pick the record up."""
-    from regulators.tasks import deliver_record
+def enqueue_drain(countdown: float | None = None) -> None:
+    """Ring a worker to drain the outbox; if the broker is down the sweep rings later."""
+    from regulators.tasks import drain_outbox
 
     try:
-        deliver_record.delay(record_pk)
+        if countdown is None:
+            drain_outbox.delay()
+        else:
+            drain_outbox.apply_async(countdown=countdown)
     except Exception:  # a missed doorbell is caught by the sweep, never lost
-        logger.warning("could not queue delivery of outbox record %s", record_pk, exc_info=True)
+        logger.warning("could not queue an outbox drain", exc_info=True)
 
 
 # --- Alerts ---------------------------------------------------------------------------------
@@ -174,6 +181,23 @@ def alert_raise(
 
 
 # --- Delivery -------------------------------------------------------------------------------
+#
+# A worker drains the outbox in batches: one statement leases up to
+# ``REGULATOR_DRAIN_BATCH`` records that are first in line (due, lease free, every earlier
+# record of their aggregate and their hospital's institution filing acknowledged), each is
+# sent over the pooled HTTP client, and the outcomes are applied per batch: one
+# transaction acknowledges every accepted record (one feed-counter update hands out their
+# feed numbers), another reschedules the retries. Followers of what was acknowledged are
+# first in line at the next lease, so the loop takes them without a doorbell. A task
+# drains for at most ``REGULATOR_DRAIN_SECONDS`` and then hands over to a fresh task.
+#
+# A failing platform is not hammered record by record: a connection error or timeout, or
+# ``REGULATOR_BREAKER_FAILURES`` retryable answers in a row, opens a per-province breaker
+# in the worker process. Records of that province are then given back untried (their
+# attempt not counted, so their backoff does not grow while the platform is away) until a
+# probe, one record after a pause that doubles up to ``REGULATOR_BREAKER_MAX_SECONDS``,
+# is answered. When the platform comes back the whole backlog is due at once and drains
+# at the full rate.
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -206,134 +230,376 @@ def _wire(record: OutboxRecord) -> WireRecord:
     )
 
 
-def _lease(record_pk: int, now: dt.datetime) -> bool:
-    lease = dt.timedelta(seconds=settings.REGULATOR_DELIVERY_LEASE_SECONDS)
-    return bool(
-        OutboxRecord.objects.filter(
-            pk=record_pk, status=RecordStatus.PENDING, next_attempt_at__lte=now
-        )
-        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-        .update(locked_until=now + lease, attempts=F("attempts") + 1)
-    )
-
-
-def _blocked(record: OutboxRecord) -> bool:
-    """An earlier record of the same aggregate, or the hospital's institution filing
-    (which carries the certificate the platform verifies with), is not acknowledged."""
-    earlier = Q(aggregate_type=record.aggregate_type, aggregate_id=record.aggregate_id)
-    if record.record_type != INSTITUTION_FILING:
-        earlier |= Q(hospital_id=record.hospital_id, record_type=INSTITUTION_FILING)
+def _first_in_line(now: dt.datetime) -> QuerySet[OutboxRecord]:
+    """Records a worker may send now: pending, due, lease free, every earlier record of
+    the same aggregate acknowledged and, for anything but the filing itself, the
+    hospital's institution filing (which carries the certificate the platform verifies
+    with) acknowledged. At most one record per aggregate is ever first in line."""
+    earlier = OutboxRecord.objects.filter(
+        aggregate_type=OuterRef("aggregate_type"),
+        aggregate_id=OuterRef("aggregate_id"),
+        id__lt=OuterRef("id"),
+    ).exclude(status=RecordStatus.ACKNOWLEDGED)
+    filing = OutboxRecord.objects.filter(
+        hospital_id=OuterRef("hospital_id"),
+        record_type=INSTITUTION_FILING,
+        id__lt=OuterRef("id"),
+    ).exclude(status=RecordStatus.ACKNOWLEDGED)
     return (
-        OutboxRecord.objects.filter(earlier, id__lt=record.pk)
-        .exclude(status=RecordStatus.ACKNOWLEDGED)
-        .exists()
+        OutboxRecord.objects.filter(status=RecordStatus.PENDING, next_attempt_at__lte=now)
+        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+        .exclude(Exists(earlier))
+        .filter(Q(record_type=INSTITUTION_FILING) | ~Exists(filing))
     )
+
+
+def _lease(
+    now: dt.datetime, *, limit: int, pk: int | None = None, skip_provinces: Iterable[Any] = ()
+) -> list[OutboxRecord]:
+    """Lease up to ``limit`` records first in line (rows another worker is leasing are
+    skipped, not waited for); each lease counts as an attempt."""
+    candidates = _first_in_line(now)
+    if pk is not None:
+        candidates = candidates.filter(pk=pk)
+    skip = list(skip_provinces)
+    if skip:
+        candidates = candidates.exclude(province_id__in=skip)
+    until = now + dt.timedelta(seconds=settings.REGULATOR_DELIVERY_LEASE_SECONDS)
+    with transaction.atomic():
+        pks = list(
+            candidates.select_for_update(skip_locked=True)
+            .order_by("id")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not pks:
+            return []
+        OutboxRecord.objects.filter(pk__in=pks).update(
+            locked_until=until, attempts=F("attempts") + 1
+        )
+    return list(
+        OutboxRecord.objects.select_related("hospital", "province")
+        .filter(pk__in=pks)
+        .order_by("id")
+    )
+
+
+def _give_back(pks: list[int]) -> None:
+    """Release leased records untried: no attempt counted, due again at once."""
+    OutboxRecord.objects.filter(pk__in=pks, status=RecordStatus.PENDING).update(
+        locked_until=None, attempts=F("attempts") - 1
+    )
+
+
+# The per-province breaker of this worker process (see the section comment).
+
+
+@dataclass
+class _Breaker:
+    failures: int = 0  # retryable answers in a row
+    trips: int = 0  # openings since the platform last answered; the pause doubles
+    open_until: float = 0.0  # time.monotonic()
+    probe_queued_until: float = 0.0
+
+
+_breakers: dict[Any, _Breaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def _open_provinces() -> list[Any]:
+    now = time.monotonic()
+    with _breakers_lock:
+        return [p for p, b in _breakers.items() if b.open_until > now]
+
+
+def _observe(province_id: Any, outcome: Outcome) -> bool:
+    """Record a send's outcome; true when it opened the province's breaker."""
+    with _breakers_lock:
+        breaker = _breakers.setdefault(province_id, _Breaker())
+        if outcome.kind != "retry":  # acknowledged or refused: the platform is answering
+            breaker.failures = breaker.trips = 0
+            return False
+        breaker.failures += 1
+        unreachable = outcome.status_code is None  # connection error or timeout
+        probing = breaker.trips > 0
+        if not (unreachable or probing or breaker.failures >= settings.REGULATOR_BREAKER_FAILURES):
+            return False
+        breaker.trips += 1
+        breaker.failures = 0
+        pause = min(settings.REGULATOR_BREAKER_MAX_SECONDS, backoff_seconds(breaker.trips))
+        breaker.open_until = time.monotonic() + pause
+        return True
+
+
+def _queue_probe() -> None:
+    """One doorbell per process for when the earliest open breaker closes again (new
+    records and the sweep ring too, but a backlog must not wait for them)."""
+    now = time.monotonic()
+    with _breakers_lock:
+        open_breakers = [b for b in _breakers.values() if b.open_until > now]
+        if not open_breakers:
+            return
+        soonest = min(open_breakers, key=lambda b: b.open_until)
+        if soonest.probe_queued_until >= soonest.open_until:
+            return
+        soonest.probe_queued_until = soonest.open_until
+        countdown = soonest.open_until - now
+    enqueue_drain(countdown=countdown)
+
+
+def _send(records: list[OutboxRecord], leased_at: float) -> dict[int, str]:
+    """Send leased records one after another over the pooled client and apply the
+    outcomes. A province whose breaker opens, or whose platform stops answering, has the
+    rest of its records given back; so has every record once too little of the lease is
+    left for a full send."""
+    connections = {
+        c.province_id: c
+        for c in PlatformConnection.objects.filter(
+            province_id__in={r.province_id for r in records}, enabled=True
+        )
+    }
+    lease = settings.REGULATOR_DELIVERY_LEASE_SECONDS
+    sent: list[tuple[OutboxRecord, Outcome]] = []
+    untried: list[int] = []
+    stopped: set[Any] = set(_open_provinces())
+    tripped: set[int] = set()
+    for record in records:
+        connection = connections.get(record.province_id)
+        if record.province_id in stopped:
+            untried.append(record.pk)
+            continue
+        if connection is None:
+            outcome = Outcome("retry", None, message="no enabled platform connection")
+        elif time.monotonic() - leased_at + connection.timeout_seconds >= 0.9 * lease:
+            untried.append(record.pk)
+            continue
+        else:
+            outcome = ADAPTERS[connection.adapter].send(
+                endpoint=_endpoint(connection), record=_wire(record)
+            )
+        if _observe(record.province_id, outcome):
+            tripped.add(record.pk)
+            stopped.add(record.province_id)
+        elif outcome.status_code is None:
+            stopped.add(record.province_id)
+        sent.append((record, outcome))
+    if untried:
+        _give_back(untried)
+    results = _apply(sent, tripped)
+    results.update(dict.fromkeys(untried, "untried"))
+    return results
 
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    outcome: str  # skipped, waiting, acknowledged, dead, retry
+    outcome: str  # skipped, waiting, acknowledged, dead, retry, untried
     record_pk: int
 
 
 def record_deliver(*, record_pk: int) -> DeliveryResult:
+    """Deliver one record now if it is first in line (the tests and the admin use this;
+    workers drain with ``records_drain``)."""
     now = timezone.now()
-    if not _lease(record_pk, now):
-        return DeliveryResult("skipped", record_pk)
-    record = OutboxRecord.objects.select_related("hospital", "province").get(pk=record_pk)
-    if _blocked(record):
-        # Not an attempt: give the lease back; the earlier record's ack queues this one.
-        OutboxRecord.objects.filter(pk=record_pk).update(
-            locked_until=None, attempts=F("attempts") - 1, next_attempt_at=now
+    leased = _lease(now, limit=1, pk=record_pk)
+    if not leased:
+        waiting = (
+            OutboxRecord.objects.filter(
+                pk=record_pk, status=RecordStatus.PENDING, next_attempt_at__lte=now
+            )
+            .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+            .exists()
         )
-        return DeliveryResult("waiting", record_pk)
-    connection = PlatformConnection.objects.filter(
-        province_id=record.province_id, enabled=True
-    ).first()
-    if connection is None:
-        outcome = Outcome("retry", None, message="no enabled platform connection")
-    else:
-        outcome = ADAPTERS[connection.adapter].send(
-            endpoint=_endpoint(connection), record=_wire(record)
-        )
-    return _apply(record, outcome)
+        return DeliveryResult("waiting" if waiting else "skipped", record_pk)
+    outcome = _send(leased, time.monotonic())[record_pk]
+    if outcome == "acknowledged":
+        transaction.on_commit(enqueue_drain)  # its follower, if any, is first in line now
+    return DeliveryResult(outcome, record_pk)
 
 
-def _next_feed_seq(province_id: Any) -> int:
-    """Take the province's next feed number: one statement that also row-locks the
-    counter until the caller's transaction ends (so numbers stay gap-free)."""
+def records_drain(*, seconds: float | None = None, batch: int | None = None) -> dict[str, int]:
+    """Deliver every record first in line, batch after batch, until none is left, a batch
+    makes no progress (the platform is failing: the backoff and the breaker take over),
+    or the time is up (a fresh task carries on). Returns the outcomes counted."""
+    budget = settings.REGULATOR_DRAIN_SECONDS if seconds is None else seconds
+    size = batch or settings.REGULATOR_DRAIN_BATCH
+    deadline = time.monotonic() + budget
+    totals: dict[str, int] = {}
+    while True:
+        leased_at = time.monotonic()
+        records = _lease(timezone.now(), limit=size, skip_provinces=_open_provinces())
+        if not records:
+            break
+        outcomes = _send(records, leased_at)
+        for outcome in outcomes.values():
+            totals[outcome] = totals.get(outcome, 0) + 1
+        if not {"acknowledged", "dead"} & set(outcomes.values()):
+            break
+        if time.monotonic() >= deadline:
+            enqueue_drain()
+            break
+    _queue_probe()
+    return totals
+
+
+def _take_feed_seqs(province_id: Any, count: int) -> int:
+    """Take the province's next ``count`` feed numbers and answer the last: one statement
+    that also row-locks the counter until the caller's transaction ends (so numbers stay
+    gap-free)."""
     table = connection.ops.quote_name(FeedCounter._meta.db_table)
-    sql = f"UPDATE {table} SET last_seq = last_seq + 1 WHERE province_id = %s RETURNING last_seq"  # noqa: S608 - the table name is ours
+    sql = f"UPDATE {table} SET last_seq = last_seq + %s WHERE province_id = %s RETURNING last_seq"  # noqa: S608 - the table name is ours
     with connection.cursor() as cursor:
-        cursor.execute(sql, [province_id])
+        cursor.execute(sql, [count, province_id])
         row = cursor.fetchone()
         if row is None:
             FeedCounter.objects.get_or_create(province_id=province_id)
-            cursor.execute(sql, [province_id])
+            cursor.execute(sql, [count, province_id])
             row = cursor.fetchone()
     return int(row[0])
 
 
-def _apply(record: OutboxRecord, outcome: Outcome) -> DeliveryResult:
+def _apply(sent: list[tuple[OutboxRecord, Outcome]], tripped: set[int]) -> dict[int, str]:
+    """Apply outcomes per batch. A send that opened its province's breaker waits on the
+    breaker (due again as soon as a probe gets through), not on a backoff of its own."""
     now = timezone.now()
-    if outcome.kind == "ack":
-        # Two statements: the feed number, then the record, only if still pending; a
-        # record another worker finished meanwhile rolls the number back.
-        with transaction.atomic():
-            seq = _next_feed_seq(record.province_id)
-            acknowledged = OutboxRecord.objects.filter(
-                pk=record.pk, status=RecordStatus.PENDING
-            ).update(
-                status=RecordStatus.ACKNOWLEDGED,
-                ack_id=outcome.ack_id,
-                acknowledged_at=now,
-                feed_seq=seq,
-                locked_until=None,
-                last_status_code=outcome.status_code,
-            )
-            if not acknowledged:
-                transaction.set_rollback(True)
-                return DeliveryResult("skipped", record.pk)  # another worker finished it
+    results: dict[int, str] = {}
+    by_province: dict[Any, list[tuple[OutboxRecord, Outcome]]] = {}
+    retries: list[tuple[OutboxRecord, Outcome]] = []
+    for record, outcome in sent:
+        if outcome.kind == "ack":
+            by_province.setdefault(record.province_id, []).append((record, outcome))
+        elif outcome.kind == "retry":
+            retries.append((record, outcome))
+        else:
+            results[record.pk] = _dead_letter(record, outcome)
+    for province_id, acks in by_province.items():
+        results.update(_acknowledge(province_id, acks, now))
+    if retries:
+        results.update(_reschedule(retries, now, tripped))
+        _queue_wakeups(r.next_attempt_at for r, _ in retries if r.pk not in tripped)
+    return results
+
+
+#: Whole seconds (epoch) at which this process has a drain queued for retries coming due.
+_wakeups: set[int] = set()
+WAKEUP_HORIZON_SECONDS = 60
+
+
+def _queue_wakeups(times: Iterable[dt.datetime]) -> None:
+    """Ring again when retries come due (to the second, one doorbell per second), so a
+    retry waits for its backoff and not for the next sweep; retries further away than
+    the horizon are left to the sweep."""
+    now = time.time()
+    due: list[int] = []
+    with _breakers_lock:
+        _wakeups.difference_update([s for s in _wakeups if s < now])
+        for moment in times:
+            second = math.ceil(moment.timestamp())
+            if second - now <= WAKEUP_HORIZON_SECONDS and second not in _wakeups:
+                _wakeups.add(second)
+                due.append(second)
+    for second in due:
+        enqueue_drain(countdown=max(0.0, second - now))
+
+
+_ACK_FIELDS = [
+    "status",
+    "ack_id",
+    "acknowledged_at",
+    "feed_seq",
+    "locked_until",
+    "last_status_code",
+]
+
+
+def _acknowledge(
+    province_id: Any, acks: list[tuple[OutboxRecord, Outcome]], now: dt.datetime
+) -> dict[int, str]:
+    """One transaction: lock the records still pending (one another worker finished
+    meanwhile is skipped), take their feed numbers in id order, update them together."""
+    results: dict[int, str] = {}
+    with transaction.atomic():
+        pending = set(
+            OutboxRecord.objects.select_for_update()
+            .filter(pk__in=[r.pk for r, _ in acks], status=RecordStatus.PENDING)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        fresh = [(r, o) for r, o in acks if r.pk in pending]
+        results.update({r.pk: "skipped" for r, _ in acks if r.pk not in pending})
+        if not fresh:
+            return results
+        first = _take_feed_seqs(province_id, len(fresh)) - len(fresh) + 1
+        for offset, (record, outcome) in enumerate(fresh):
             record.status = RecordStatus.ACKNOWLEDGED
             record.ack_id = outcome.ack_id
             record.acknowledged_at = now
-            record.feed_seq = seq
+            record.feed_seq = first + offset
             record.locked_until = None
             record.last_status_code = outcome.status_code
-            _after_ack(record)
-        return DeliveryResult("acknowledged", record.pk)
+            results[record.pk] = "acknowledged"
+        OutboxRecord.objects.bulk_update([r for r, _ in fresh], _ACK_FIELDS)
+        _after_ack([r for r, _ in fresh])
+    return results
+
+
+def _reschedule(
+    retries: list[tuple[OutboxRecord, Outcome]], now: dt.datetime, tripped: set[int]
+) -> dict[int, str]:
+    results: dict[int, str] = {}
+    with transaction.atomic():
+        current = {
+            r.pk: r
+            for r in OutboxRecord.objects.select_for_update()
+            .filter(pk__in=[r.pk for r, _ in retries], status=RecordStatus.PENDING)
+            .order_by("pk")
+        }
+        changed = []
+        for record, outcome in retries:
+            row = current.get(record.pk)
+            if row is None:
+                results[record.pk] = "skipped"  # another worker finished it
+                continue
+            if record.pk in tripped:
+                row.next_attempt_at = now
+            else:
+                row.next_attempt_at = now + dt.timedelta(seconds=backoff_seconds(row.attempts))
+            row.locked_until = None
+            row.last_status_code = outcome.status_code
+            row.last_error = (outcome.message or outcome.code or "retry")[:500]
+            record.next_attempt_at = row.next_attempt_at
+            changed.append(row)
+            results[record.pk] = "retry"
+        OutboxRecord.objects.bulk_update(
+            changed, ["next_attempt_at", "locked_until", "last_status_code", "last_error"]
+        )
+    return results
+
+
+def _dead_letter(record: OutboxRecord, outcome: Outcome) -> str:
     with transaction.atomic():
         current = OutboxRecord.objects.select_for_update().get(pk=record.pk)
         if current.status != RecordStatus.PENDING:
-            return DeliveryResult("skipped", record.pk)  # another worker finished it
-        if outcome.kind == "refused":
-            current.status = RecordStatus.DEAD
-            current.dead_code = outcome.code
-            current.dead_message = outcome.message
-            current.locked_until = None
-            current.last_status_code = outcome.status_code
-            current.last_error = f"{outcome.code}: {outcome.message}"[:500]
-            current.save()
-            alert_raise(
-                hospital=record.hospital,
-                kind=AlertKind.DEAD_LETTER,
-                rule=f"上报被监管平台拒收 (record refused: {outcome.code})",
-                subject_type="outbox_record",
-                subject_id=current.record_id,
-                details={
-                    "record_type": current.record_type,
-                    "code": outcome.code,
-                    "message": outcome.message,
-                },
-                report=current.record_type != "alert",
-            )
-            return DeliveryResult("dead", record.pk)
-        current.next_attempt_at = now + dt.timedelta(seconds=backoff_seconds(current.attempts))
+            return "skipped"  # another worker finished it
+        current.status = RecordStatus.DEAD
+        current.dead_code = outcome.code
+        current.dead_message = outcome.message
         current.locked_until = None
         current.last_status_code = outcome.status_code
-        current.last_error = (outcome.message or outcome.code or "retry")[:500]
+        current.last_error = f"{outcome.code}: {outcome.message}"[:500]
         current.save()
-        return DeliveryResult("retry", record.pk)
+        alert_raise(
+            hospital=record.hospital,
+            kind=AlertKind.DEAD_LETTER,
+            rule=f"上报被监管平台拒收 (record refused: {outcome.code})",
+            subject_type="outbox_record",
+            subject_id=current.record_id,
+            details={
+                "record_type": current.record_type,
+                "code": outcome.code,
+                "message": outcome.message,
+            },
+            report=current.record_type != "alert",
+        )
+    return "dead"
 
 
 def feed_item(record: OutboxRecord) -> dict[str, Any]:
@@ -350,30 +616,24 @@ def feed_item(record: OutboxRecord) -> dict[str, Any]:
     }
 
 
-def _after_ack(record: OutboxRecord) -> None:
-    aggregate = (record.aggregate_type, record.aggregate_id)
-    institution_filing = record.record_type == INSTITUTION_FILING
-    hospital_id = record.hospital_id
-    frame = {"type": "record", "record": feed_item(record)}
-    group = regulator_group(record.province.code)
+#: Feed frames per channel-layer message (a batch's pushes travel together).
+FEED_FRAMES_PER_PUSH = 50
+
+
+def _after_ack(records: list[OutboxRecord]) -> None:
+    """After commit: ring the province's feed with the new frames (in feed order), and
+    if an institution filing was acknowledged, ring for the records that waited on it."""
+    frames = [{"type": "record", "record": feed_item(r)} for r in records]
+    group = regulator_group(records[0].province.code)
+    filing = any(r.record_type == INSTITUTION_FILING for r in records)
 
     def after() -> None:
-        following = (
-            OutboxRecord.objects.filter(
-                aggregate_type=aggregate[0],
-                aggregate_id=aggregate[1],
-                status=RecordStatus.PENDING,
-            )
-            .order_by("id")
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if following is not None:
-            enqueue(following)
-        if institution_filing:  # everything of the hospital was waiting for it
-            records_sweep(hospital_id=hospital_id)
+        if filing:
+            enqueue_drain()
         try:
-            group_send(group, {"type": "feed.push", "frame": frame})
+            for i in range(0, len(frames), FEED_FRAMES_PER_PUSH):
+                chunk = frames[i : i + FEED_FRAMES_PER_PUSH]
+                group_send(group, {"type": "feed.push", "frames": chunk})
         except Exception:  # the feed resumes from the database; a lost doorbell is fine
             logger.warning("feed push failed", exc_info=True)
 
@@ -383,22 +643,22 @@ def _after_ack(record: OutboxRecord) -> None:
 # --- Periodic work --------------------------------------------------------------------------
 
 
-def records_sweep(
-    *, now: dt.datetime | None = None, limit: int = 2000, hospital_id: Any = None
-) -> int:
-    """Queue every due record whose lease is free: retries whose time came, records a
-    crashed worker left behind, and any whose doorbell was lost. Heads of aggregates
-    first (lowest id), which is the order they must go in."""
+def records_sweep(*, now: dt.datetime | None = None, limit: int = 2000) -> int:
+    """Ring for every due record whose lease is free: retries whose time came, records a
+    crashed worker left behind, and any whose doorbell was lost. One doorbell per batch
+    of due records (a drain takes everything first in line; several doorbells let
+    several workers drain at once). Returns how many records were due."""
     now = now or timezone.now()
-    due_records = OutboxRecord.objects.filter(
-        status=RecordStatus.PENDING, next_attempt_at__lte=now
-    ).filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-    if hospital_id is not None:
-        due_records = due_records.filter(hospital_id=hospital_id)
-    due = list(due_records.order_by("id").values_list("pk", flat=True)[:limit])
-    for pk in due:
-        enqueue(pk)
-    return len(due)
+    due = (
+        OutboxRecord.objects.filter(status=RecordStatus.PENDING, next_attempt_at__lte=now)
+        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+        .order_by("id")
+        .values_list("pk", flat=True)[:limit]
+        .count()
+    )
+    for _ in range(-(-due // settings.REGULATOR_DRAIN_BATCH)):
+        enqueue_drain()
+    return due
 
 
 def upload_delays_check(*, now: dt.datetime | None = None) -> int:
@@ -465,6 +725,5 @@ def record_replay(
             after={"status": RecordStatus.PENDING},
             meta=meta,
         )
-        pk = current.pk
-        transaction.on_commit(lambda: enqueue(pk))
+        transaction.on_commit(enqueue_drain)
     return current

@@ -6,6 +6,7 @@ an alert, replayed after the fix; regulators see only their province."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from io import StringIO
 
 import pytest
@@ -130,6 +131,51 @@ def test_a_down_window_and_a_hanging_platform_are_retried(province_peer, departm
     drain()
     received = [r["record_id"] for r in province_peer.records()]
     assert len(received) == len(set(received)) == OutboxRecord.objects.count()
+
+
+def test_a_drain_goes_in_batches_and_a_down_platform_is_probed_not_hammered(
+    province_peer, department, settings
+):
+    """``records_drain`` (the worker's task body) leases batches of records first in line;
+    when the platform fails, the breaker gives the rest back untried (no attempt
+    counted, so no backoff builds up) and probes again later; once the platform answers,
+    one drain delivers the backlog, in order per aggregate, once each."""
+    from regulators.services import record_deliver, records_drain
+
+    settings.REGULATOR_DRAIN_BATCH = 3
+    settings.REGULATOR_BREAKER_FAILURES = 2
+    settings.REGULATOR_BREAKER_MAX_SECONDS = 1
+    settings.REGULATOR_RETRY_BASE_SECONDS = 1
+    for _ in range(2):
+        _full_story(RxScene(department))
+    filing = OutboxRecord.objects.get(record_type="filing.institution")
+    assert record_deliver(record_pk=filing.pk).outcome == "acknowledged"
+    total = OutboxRecord.objects.count()
+    assert total >= 13  # the filing, then four aggregates of three records each
+
+    province_peer.faults(down_for_seconds=60)
+    down = records_drain()
+    assert down == {"retry": 2, "untried": 1}, down  # two 503s opened the breaker
+    assert OutboxRecord.objects.filter(last_status_code=503).count() == 2
+    assert OutboxRecord.objects.filter(attempts__gt=0).count() == 3  # the filing, two tries
+    assert not OutboxRecord.objects.filter(locked_until__isnull=False).exists()
+    assert records_drain() == {}  # the breaker is open: nothing is leased, nothing sent
+    assert OutboxRecord.objects.filter(attempts__gt=0).count() == 3
+
+    province_peer.faults()
+    time.sleep(1.1)  # the breaker's pause (at most REGULATOR_BREAKER_MAX_SECONDS) ends
+    up = records_drain()
+    assert up.get("acknowledged", 0) >= total - 4, up  # in batches of three, one drain
+    time.sleep(1.1)  # the two records that met the down platform are due again
+    drain()
+    received = province_peer.records()
+    ids = [r["record_id"] for r in received]
+    assert len(ids) == len(set(ids)) == total
+    by_id = {r["record_id"]: r["seq"] for r in received}
+    for aggregate in outbox_by_aggregate().values():
+        assert [by_id[i] for i in aggregate] == sorted(by_id[i] for i in aggregate)
+    feed = list(OutboxRecord.objects.order_by("feed_seq").values_list("feed_seq", flat=True))
+    assert feed == list(range(1, total + 1))
 
 
 def test_a_refusal_is_a_dead_letter_with_an_alert_and_replays_after_the_fix(
