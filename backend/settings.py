@@ -233,6 +233,8 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ih"),
+            # One pool per process, not one per request (backend/redis_pool.py).
+            "OPTIONS": {"pool_class": "backend.redis_pool.SharedConnectionPool"},
         }
     }
 else:
