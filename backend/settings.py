@@ -207,6 +207,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_b
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 24),
         "timeout": 10,
     }
+#: Threads that run the sync part of HTTP requests under Daphne (backend/http_threads.py):
+#: at most this many sync views at once, on threads reused from request to request.
+HTTP_SYNC_THREADS = env_int("HTTP_SYNC_THREADS", 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "identity.User"
 
