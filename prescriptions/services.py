@@ -67,7 +67,7 @@ S = PrescriptionStatus
 def _locked(prescription_id: UUID | str) -> Prescription:
     found = (
         Prescription.objects.select_for_update(of=("self",))
-        .select_related("profile", "doctor__user", "hospital")
+        .select_related("profile", "doctor__user", "doctor__department", "hospital")
         .filter(pk=prescription_id)
         .first()
     )
@@ -531,7 +531,16 @@ def prescription_update(
     return Draft(prescription, checks)
 
 
-def _stored_drafts(prescription: Prescription) -> list[rules.LineDraft]:
+def _stored_lines(prescription: Prescription) -> list[PrescriptionLine]:
+    """The lines with their drugs: the prefetched ones when the selector loaded them."""
+    if "lines" in getattr(prescription, "_prefetched_objects_cache", {}):
+        return list(prescription.lines.all())
+    return list(prescription.lines.select_related("drug"))
+
+
+def _stored_drafts(
+    prescription: Prescription, lines: list[PrescriptionLine] | None = None
+) -> list[rules.LineDraft]:
     return [
         rules.LineDraft(
             drug=line.drug,
@@ -542,13 +551,16 @@ def _stored_drafts(prescription: Prescription) -> list[rules.LineDraft]:
             days=line.days,
             quantity=line.quantity,
         )
-        for line in prescription.lines.select_related("drug")
+        for line in (_stored_lines(prescription) if lines is None else lines)
     ]
 
 
-def prescription_checks_of(*, prescription: Prescription) -> list[rules.Check]:
-    """The rule checks of a stored prescription (for the console's detail view)."""
-    drafts = _stored_drafts(prescription)
+def prescription_checks_of(
+    *, prescription: Prescription, lines: list[PrescriptionLine] | None = None
+) -> list[rules.Check]:
+    """The rule checks of a stored prescription (for the console's detail view);
+    ``lines``, with their drugs, when the caller has them already."""
+    drafts = _stored_drafts(prescription, lines)
     return rules.prescription_checks(
         profile=prescription.profile,
         lines=drafts,
@@ -615,8 +627,8 @@ def prescription_sign(
         _treating(consultation, doctor)
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
-        rules.raise_for(prescription_checks_of(prescription=prescription))
-        lines = list(prescription.lines.all())
+        lines = list(prescription.lines.select_related("drug"))
+        rules.raise_for(prescription_checks_of(prescription=prescription, lines=lines))
         # One clock reading for the issue time and the signature time, so that a
         # signature made at midnight is not dated the day after its issue.
         issued_at = timezone.now()

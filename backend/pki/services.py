@@ -511,15 +511,18 @@ def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
     """The institution's current seal certificate (created with the CA if need be).
     The CA is looked up without a lock: locking the hospital row on every seal crossed
     lock orders with the audit chain head (deadlocks under load)."""
+    seals = (
+        SigningCertificate.objects.select_related("authority")
+        .filter(role=CertificateRole.INSTITUTION, revoked_at=None)
+        .order_by("-not_after")
+    )
+    certificate = seals.filter(authority__hospital=hospital).first()  # one query, usually
+    if certificate is not None:
+        return certificate
     authority = CertificateAuthority.objects.filter(hospital=hospital).first() or authority_create(
         hospital=hospital
     )
-    certificate = (
-        SigningCertificate.objects.select_related("authority")
-        .filter(authority=authority, role=CertificateRole.INSTITUTION, revoked_at=None)
-        .order_by("-not_after")
-        .first()
-    )
+    certificate = seals.filter(authority=authority).first()
     if certificate is None:
         with transaction.atomic():
             certificate = _issue(authority=authority, role=CertificateRole.INSTITUTION)
