@@ -143,10 +143,10 @@ def signature_block(
     }
 
 
-def prescription_bundle(
-    version: PrescriptionVersion, *, status: str = "", crl_newer_than: dt.datetime | None = None
-) -> dict[str, Any]:
-    """The signed bundle of CONTRACT section 5, verifiable offline."""
+def prescription_bundle(version: PrescriptionVersion, *, status: str = "") -> dict[str, Any]:
+    """The signed bundle of CONTRACT section 5, verifiable offline. Its revocation list
+    is the authority's current one (every revocation so far), issued after the last
+    signature in the bundle, as a verifier requires."""
     doctor_certificate = version.doctor_certificate
     authority = doctor_certificate.authority
     review = None
@@ -179,7 +179,9 @@ def prescription_bundle(
         "review": review,
         "root_certificate": authority.certificate_pem,
         "root_sha256": authority.fingerprint_sha256,
-        "crl": _b64(crl_der(authority=authority, newer_than=crl_newer_than or version.reviewed_at)),
+        "crl": _b64(
+            crl_der(authority=authority, newer_than=version.reviewed_at or version.signed_at)
+        ),
     }
 
 
