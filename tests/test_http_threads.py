@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Any
 
@@ -32,6 +33,7 @@ class _Threads:
 async def _get(application: Any, path: str) -> int:
     communicator = HttpCommunicator(application, "GET", path, headers=[(b"host", b"localhost")])
     response = await communicator.get_response(timeout=10)
+    await communicator.wait(timeout=10)  # the request finishes (its connection goes back)
     status: int = response["status"]
     return status
 
@@ -56,3 +58,16 @@ async def test_requests_share_a_fixed_set_of_threads() -> None:
 def test_at_least_one_thread() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PooledThreadsASGIHandler(threads=0)
+
+
+async def test_an_async_view_runs_and_its_database_call_reaches_the_request_thread() -> None:
+    """/healthz is an async view that calls the database thread-sensitively: under the
+    sync middleware chain it runs on the event loop, its database call on the request's
+    thread (no deadlock, one thread)."""
+    handler = PooledThreadsASGIHandler(threads=1)
+    communicator = HttpCommunicator(handler, "GET", "/healthz", headers=[(b"host", b"localhost")])
+    response = await communicator.get_response(timeout=20)
+    await communicator.wait(timeout=10)
+    body = json.loads(response["body"])
+    assert body["checks"]["database"] == "ok", body
+    assert response["status"] == (200 if body["status"] == "ok" else 503)
