@@ -41,6 +41,7 @@ def _staff(practitioner: Any) -> dict[str, str]:
 def _version(prescription: Prescription) -> PrescriptionVersion | None:
     return (
         PrescriptionVersion.objects.select_related("doctor_certificate", "reviewed_by__user")
+        .defer("doctor_certificate__private_key_pem")  # the payload names, never signs
         .filter(prescription=prescription)
         .order_by("-version")
         .first()

@@ -49,6 +49,7 @@ from prescriptions.models import (
     PrescriptionVersion,
 )
 from prescriptions.signing import (
+    PRIVATE_KEYS,
     canonical,
     prescription_bundle,
     prescription_content,
@@ -668,6 +669,7 @@ def _current_version(prescription: Prescription) -> PrescriptionVersion:
         PrescriptionVersion.objects.select_related(
             "doctor_certificate__authority", "pharmacist_certificate__authority"
         )
+        .defer(*PRIVATE_KEYS)
         .filter(prescription=prescription, version=prescription.version)
         .get()
     )

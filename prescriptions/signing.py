@@ -24,6 +24,14 @@ from prescriptions.verify import BUNDLE_FORMAT
 
 RECEIPT_FORMAT = "ih-dispense-receipt/1"
 
+#: For ``.defer()`` on reads of a ``PrescriptionVersion`` with its certificates: a bundle
+#: never needs the signers' private keys (encrypted at rest, decrypted on load). The CA's
+#: stays: a new signature needs a new revocation list, which the CA signs.
+PRIVATE_KEYS = (
+    "doctor_certificate__private_key_pem",
+    "pharmacist_certificate__private_key_pem",
+)
+
 
 def canonical(value: dict[str, Any]) -> bytes:
     return rfc8785.dumps(value)
