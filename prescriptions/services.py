@@ -98,7 +98,8 @@ def _transition(
     prescription.status_reason = reason
     for name, value in (changes or {}).items():
         setattr(prescription, name, value)
-    prescription.save()
+    # Only what the transition changes (not every column, with its encrypted ones).
+    prescription.save(update_fields=["status", "status_reason", "updated_at", *(changes or {})])
     event = PrescriptionEvent.objects.create(
         prescription=prescription,
         action=action,
