@@ -727,7 +727,17 @@ def prescription_approve(
         version.review_bytes = statement
         version.pharmacist_signature = signature.value
         version.pharmacist_certificate = signature.certificate
-        version.save()
+        # The review only: the doctor's signed bytes are never written again.
+        version.save(
+            update_fields=[
+                "review_result",
+                "reviewed_by",
+                "reviewed_at",
+                "review_bytes",
+                "pharmacist_signature",
+                "pharmacist_certificate",
+            ]
+        )
         _transition(
             prescription,
             "approve",
@@ -756,7 +766,7 @@ def prescription_reject(
         version.review_reason = reason.strip()
         version.reviewed_by = pharmacist
         version.reviewed_at = timezone.now()
-        version.save()
+        version.save(update_fields=["review_result", "review_reason", "reviewed_by", "reviewed_at"])
         _transition(
             prescription,
             "reject",
