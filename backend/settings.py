@@ -207,6 +207,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_b
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 24),
         "timeout": 10,
     }
+#: Threads that run the sync part of HTTP requests under Daphne (backend/http_threads.py):
+#: at most this many sync views at once, on threads reused from request to request.
+HTTP_SYNC_THREADS = env_int("HTTP_SYNC_THREADS", 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "identity.User"
 
@@ -233,6 +236,8 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ih"),
+            # One pool per process, not one per request (backend/redis_pool.py).
+            "OPTIONS": {"pool_class": "backend.redis_pool.SharedConnectionPool"},
         }
     }
 else:

@@ -50,7 +50,8 @@ def _frame(prescription: Prescription, event: PrescriptionEvent) -> dict[str, An
 def after_change(prescription: Prescription, event: PrescriptionEvent) -> None:
     frame = _frame(prescription, event)
     hospital_id = prescription.hospital_id
-    doctor_id = prescription.doctor_id
+    # The row was locked with its doctor (``services._locked``): no query after commit.
+    doctor_user_id = prescription.doctor.user_id
     account_id = prescription.profile.account_id
     prescription_id = prescription.pk
     status = prescription.status
@@ -66,7 +67,7 @@ def after_change(prescription: Prescription, event: PrescriptionEvent) -> None:
                         hospital_id=hospital_id, kind=PractitionerKind.PHARMACIST, on_duty=True
                     ).values_list("user_id", flat=True)
                 )
-            recipients.add(Practitioner.objects.values_list("user_id", flat=True).get(pk=doctor_id))
+            recipients.add(doctor_user_id)
             if pharmacy_id is not None:
                 recipients.update(
                     PharmacyStaff.objects.filter(pharmacy_id=pharmacy_id).values_list(

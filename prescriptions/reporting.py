@@ -40,7 +40,11 @@ def _staff(practitioner: Any) -> dict[str, str]:
 
 def _version(prescription: Prescription) -> PrescriptionVersion | None:
     return (
-        PrescriptionVersion.objects.select_related("doctor_certificate", "reviewed_by__user")
+        PrescriptionVersion.objects.select_related(
+            "doctor_certificate", "pharmacist_certificate", "reviewed_by__user"
+        )
+        # The payloads name the certificates, never sign with them.
+        .defer("doctor_certificate__private_key_pem", "pharmacist_certificate__private_key_pem")
         .filter(prescription=prescription)
         .order_by("-version")
         .first()

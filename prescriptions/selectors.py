@@ -17,7 +17,7 @@ from prescriptions.models import (
     PrescriptionStatus,
     PrescriptionVersion,
 )
-from prescriptions.signing import prescription_bundle
+from prescriptions.signing import PRIVATE_KEYS, prescription_bundle
 from prescriptions.verify import VerificationError, verify_bundle
 
 _RELATED = ("profile", "doctor__user", "doctor__department", "hospital", "claimed_by")
@@ -105,6 +105,7 @@ def version_current(*, prescription: Prescription) -> PrescriptionVersion | None
             "pharmacist_certificate__authority",
             "reviewed_by__user",
         )
+        .defer(*PRIVATE_KEYS)
         .filter(prescription=prescription, version=prescription.version)
         .first()
     )

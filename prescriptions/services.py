@@ -49,6 +49,7 @@ from prescriptions.models import (
     PrescriptionVersion,
 )
 from prescriptions.signing import (
+    PRIVATE_KEYS,
     canonical,
     prescription_bundle,
     prescription_content,
@@ -67,7 +68,7 @@ S = PrescriptionStatus
 def _locked(prescription_id: UUID | str) -> Prescription:
     found = (
         Prescription.objects.select_for_update(of=("self",))
-        .select_related("profile", "doctor__user", "hospital")
+        .select_related("profile", "doctor__user", "doctor__department", "hospital")
         .filter(pk=prescription_id)
         .first()
     )
@@ -97,7 +98,8 @@ def _transition(
     prescription.status_reason = reason
     for name, value in (changes or {}).items():
         setattr(prescription, name, value)
-    prescription.save()
+    # Only what the transition changes (not every column, with its encrypted ones).
+    prescription.save(update_fields=["status", "status_reason", "updated_at", *(changes or {})])
     event = PrescriptionEvent.objects.create(
         prescription=prescription,
         action=action,
@@ -531,7 +533,16 @@ def prescription_update(
     return Draft(prescription, checks)
 
 
-def _stored_drafts(prescription: Prescription) -> list[rules.LineDraft]:
+def _stored_lines(prescription: Prescription) -> list[PrescriptionLine]:
+    """The lines with their drugs: the prefetched ones when the selector loaded them."""
+    if "lines" in getattr(prescription, "_prefetched_objects_cache", {}):
+        return list(prescription.lines.all())
+    return list(prescription.lines.select_related("drug"))
+
+
+def _stored_drafts(
+    prescription: Prescription, lines: list[PrescriptionLine] | None = None
+) -> list[rules.LineDraft]:
     return [
         rules.LineDraft(
             drug=line.drug,
@@ -542,13 +553,16 @@ def _stored_drafts(prescription: Prescription) -> list[rules.LineDraft]:
             days=line.days,
             quantity=line.quantity,
         )
-        for line in prescription.lines.select_related("drug")
+        for line in (_stored_lines(prescription) if lines is None else lines)
     ]
 
 
-def prescription_checks_of(*, prescription: Prescription) -> list[rules.Check]:
-    """The rule checks of a stored prescription (for the console's detail view)."""
-    drafts = _stored_drafts(prescription)
+def prescription_checks_of(
+    *, prescription: Prescription, lines: list[PrescriptionLine] | None = None
+) -> list[rules.Check]:
+    """The rule checks of a stored prescription (for the console's detail view);
+    ``lines``, with their drugs, when the caller has them already."""
+    drafts = _stored_drafts(prescription, lines)
     return rules.prescription_checks(
         profile=prescription.profile,
         lines=drafts,
@@ -615,8 +629,8 @@ def prescription_sign(
         _treating(consultation, doctor)
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
-        rules.raise_for(prescription_checks_of(prescription=prescription))
-        lines = list(prescription.lines.all())
+        lines = list(prescription.lines.select_related("drug"))
+        rules.raise_for(prescription_checks_of(prescription=prescription, lines=lines))
         # One clock reading for the issue time and the signature time, so that a
         # signature made at midnight is not dated the day after its issue.
         issued_at = timezone.now()
@@ -656,14 +670,16 @@ def _current_version(prescription: Prescription) -> PrescriptionVersion:
         PrescriptionVersion.objects.select_related(
             "doctor_certificate__authority", "pharmacist_certificate__authority"
         )
+        .defer(*PRIVATE_KEYS)
         .filter(prescription=prescription, version=prescription.version)
         .get()
     )
 
 
 def _verified(version: PrescriptionVersion, *, require_review: bool) -> None:
-    """The stored bytes, signatures and chains verify now (revocation included)."""
-    bundle = prescription_bundle(version, crl_newer_than=timezone.now())
+    """The stored bytes, signatures and chains verify now, against the authority's
+    current revocation list (``crl_der``: every revocation committed so far)."""
+    bundle = prescription_bundle(version)
     try:
         verify_bundle(
             bundle,
@@ -711,7 +727,17 @@ def prescription_approve(
         version.review_bytes = statement
         version.pharmacist_signature = signature.value
         version.pharmacist_certificate = signature.certificate
-        version.save()
+        # The review only: the doctor's signed bytes are never written again.
+        version.save(
+            update_fields=[
+                "review_result",
+                "reviewed_by",
+                "reviewed_at",
+                "review_bytes",
+                "pharmacist_signature",
+                "pharmacist_certificate",
+            ]
+        )
         _transition(
             prescription,
             "approve",
@@ -740,7 +766,7 @@ def prescription_reject(
         version.review_reason = reason.strip()
         version.reviewed_by = pharmacist
         version.reviewed_at = timezone.now()
-        version.save()
+        version.save(update_fields=["review_result", "review_reason", "reviewed_by", "reviewed_at"])
         _transition(
             prescription,
             "reject",

@@ -24,6 +24,14 @@ from prescriptions.verify import BUNDLE_FORMAT
 
 RECEIPT_FORMAT = "ih-dispense-receipt/1"
 
+#: For ``.defer()`` on reads of a ``PrescriptionVersion`` with its certificates: a bundle
+#: never needs the signers' private keys (encrypted at rest, decrypted on load). The CA's
+#: stays: a new signature needs a new revocation list, which the CA signs.
+PRIVATE_KEYS = (
+    "doctor_certificate__private_key_pem",
+    "pharmacist_certificate__private_key_pem",
+)
+
 
 def canonical(value: dict[str, Any]) -> bytes:
     return rfc8785.dumps(value)
@@ -143,10 +151,10 @@ def signature_block(
     }
 
 
-def prescription_bundle(
-    version: PrescriptionVersion, *, status: str = "", crl_newer_than: dt.datetime | None = None
-) -> dict[str, Any]:
-    """The signed bundle of CONTRACT section 5, verifiable offline."""
+def prescription_bundle(version: PrescriptionVersion, *, status: str = "") -> dict[str, Any]:
+    """The signed bundle of CONTRACT section 5, verifiable offline. Its revocation list
+    is the authority's current one (every revocation so far), issued after the last
+    signature in the bundle, as a verifier requires."""
     doctor_certificate = version.doctor_certificate
     authority = doctor_certificate.authority
     review = None
@@ -179,7 +187,9 @@ def prescription_bundle(
         "review": review,
         "root_certificate": authority.certificate_pem,
         "root_sha256": authority.fingerprint_sha256,
-        "crl": _b64(crl_der(authority=authority, newer_than=crl_newer_than or version.reviewed_at)),
+        "crl": _b64(
+            crl_der(authority=authority, newer_than=version.reviewed_at or version.signed_at)
+        ),
     }
 
 

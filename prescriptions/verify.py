@@ -132,9 +132,17 @@ def _time(value: Any, what: str) -> dt.datetime:
 _SAFE_INTEGER = 2**53 - 1
 
 
-#: A character beyond the Basic Multilingual Plane, raw (a 4-byte UTF-8 sequence) or as an
-#: escaped surrogate.
-_BEYOND_BMP = re.compile(rb"[\xf0-\xf7]|\\u[dD][89a-fA-F]")
+#: An escaped surrogate (half of a character beyond the Basic Multilingual Plane).
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _within_bmp(raw: bytes, text: str) -> bool:
+    """No character beyond the Basic Multilingual Plane in ``text`` (the decoded ``raw``),
+    raw or as an escaped surrogate. UTF-16 writes exactly those as two units, so the
+    encoded length tells; the escape search runs only if ``raw`` has an escape at all."""
+    return len(text.encode("utf-16-le")) == 2 * len(text) and (
+        b"\\u" not in raw or _ESCAPED_SURROGATE.search(raw) is None
+    )
 
 
 class _Outside(Exception):
@@ -162,7 +170,7 @@ def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise VerificationError("not_canonical", f"{what} is not JSON") from exc
-    fast = _BEYOND_BMP.search(raw) is None
+    fast = _within_bmp(raw, text)
     content: Any = None
     if fast:
         try:

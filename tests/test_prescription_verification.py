@@ -418,6 +418,46 @@ def test_a_certificate_revoked_after_signing_still_verifies(scene) -> None:
         assert verify_bundle(served.json()).prescription_id == prescription_id
 
 
+def test_a_revocation_issued_after_a_verification_is_in_the_next_one(scene) -> None:
+    """The server keeps its signed revocation list between requests; a revocation makes
+    the next verification use a new list that names it."""
+    first = scene.active()
+    before = x509.load_der_x509_crl(_decode(console_bundle(scene, first)["crl"]))
+    number = before.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    later = scene.active()  # approved with the list above still current
+    doctor_cert = current(scene, CertificateRole.DOCTOR)
+    serial = int(doctor_cert.serial_number, 16)
+    assert before.get_revoked_certificate_by_serial_number(serial) is None
+
+    with time_machine.travel(timezone.now() + dt.timedelta(seconds=5), tick=True):
+        certificate_revoke(certificate=doctor_cert, reason="left the hospital")
+        # The server verifies before the claim, against the list with the revocation
+        # (dated after both signatures, so the claim goes through), and serves that list.
+        claim = scene.claim(later)
+        assert claim.status_code == 200, claim.content
+        served = scene.pharmacy_api.get(f"{PHARMACY}/prescriptions/{later}/bundle").json()
+        crl = x509.load_der_x509_crl(_decode(served["crl"]))
+        assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == (
+            number + 1
+        )
+        assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+        for bundle in (console_bundle(scene, first), console_bundle(scene, later)):
+            listed = x509.load_der_x509_crl(_decode(bundle["crl"]))
+            assert listed.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def test_a_prescription_signed_after_the_list_was_made_verifies_on_reading(scene) -> None:
+    """A kept revocation list older than a new signature is not served for it: the
+    doctor's and the pharmacist's reading show the new prescription verified."""
+    scene.active()  # the server has made and kept a revocation list
+    with time_machine.travel(timezone.now() + dt.timedelta(minutes=10), tick=True):
+        prescription_id = scene.signed()
+        detail = scene.doctor_session.get(f"{CONSOLE}/prescriptions/{prescription_id}").json()
+        assert detail["verification"]["valid"] is True, detail["verification"]
+        bundle = console_bundle(scene, prescription_id)
+        assert verify_bundle(bundle, require_review=False).prescription_id == prescription_id
+
+
 def test_a_revocation_list_from_another_hospital_is_refused(scene) -> None:
     bundle = console_bundle(scene, scene.active())
     other = authority_create(hospital=HospitalFactory())

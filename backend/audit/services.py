@@ -80,9 +80,12 @@ def audit_record(
     the chain head's row lock is held for as short a time as possible.
     """
     meta = meta or RequestMeta()
-    with transaction.atomic():
-        head, _ = AuditChainHead.objects.get_or_create(name=CHAIN)
-        head = AuditChainHead.objects.select_for_update().get(name=CHAIN)
+    # No savepoint of its own: an append that fails fails the caller's transaction.
+    with transaction.atomic(savepoint=False):
+        head = AuditChainHead.objects.select_for_update().filter(name=CHAIN).first()
+        if head is None:  # the first event ever: make the head, then lock it
+            AuditChainHead.objects.get_or_create(name=CHAIN)
+            head = AuditChainHead.objects.select_for_update().get(name=CHAIN)
         event = AuditEvent(
             seq=head.last_seq + 1,
             occurred_at=timezone.now(),

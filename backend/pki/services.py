@@ -351,9 +351,13 @@ def certificate_current(*, user: User, role: str) -> SigningCertificate | None:
 def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None = None) -> bytes:
     """The authority's current certificate revocation list (DER). Rebuilt when a
     certificate is revoked, hourly, and when the caller needs one issued after
-    ``newer_than`` (a verifier checks revocation against a list newer than the signature)."""
+    ``newer_than`` (a verifier checks revocation against a list newer than the signature).
+
+    The kept list is found by the authority's ``crl_number``, read from the database on
+    every call: a revocation increments it in the same transaction, so the first call
+    after a revocation commits builds a list that names it."""
     current = CertificateAuthority.objects.values_list("crl_number", flat=True).get(pk=authority.pk)
-    key = f"pki:crl:{authority.pk}:{current}"
+    key = f"pki:crl:{authority.pk}:{authority.fingerprint_sha256}:{current}"
     cached: tuple[bytes, float] | None = cache.get(key)
     if cached is not None and (newer_than is None or cached[1] >= newer_than.timestamp()):
         return cached[0]
@@ -511,15 +515,18 @@ def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
     """The institution's current seal certificate (created with the CA if need be).
     The CA is looked up without a lock: locking the hospital row on every seal crossed
     lock orders with the audit chain head (deadlocks under load)."""
+    seals = (
+        SigningCertificate.objects.select_related("authority")
+        .filter(role=CertificateRole.INSTITUTION, revoked_at=None)
+        .order_by("-not_after")
+    )
+    certificate = seals.filter(authority__hospital=hospital).first()  # one query, usually
+    if certificate is not None:
+        return certificate
     authority = CertificateAuthority.objects.filter(hospital=hospital).first() or authority_create(
         hospital=hospital
     )
-    certificate = (
-        SigningCertificate.objects.select_related("authority")
-        .filter(authority=authority, role=CertificateRole.INSTITUTION, revoked_at=None)
-        .order_by("-not_after")
-        .first()
-    )
+    certificate = seals.filter(authority=authority).first()
     if certificate is None:
         with transaction.atomic():
             certificate = _issue(authority=authority, role=CertificateRole.INSTITUTION)

@@ -1,0 +1,78 @@
+"""Django's ASGI handler with the synchronous part of each HTTP request run in one go on
+one of a fixed set of long-lived threads.
+
+Django's own ``ASGIHandler`` has two costs for an application whose views and
+middleware are synchronous:
+
+- It enters a fresh ``asgiref.sync.ThreadSensitiveContext`` per request, and asgiref
+  starts a new thread for each such context. Whatever a library keeps per thread is
+  built again for every request (Celery's result backend with its Redis client, the
+  thread's database connection wrapper). Here each request borrows one of
+  ``HTTP_SYNC_THREADS`` single-thread executors for its lifetime (asgiref's
+  ``ThreadSensitiveContext(executor=...)``): at most that many requests run their sync
+  code at once, each on a thread that is reused.
+- It runs the middleware chain in async mode, so each synchronous middleware hook and
+  the view are handed to the thread and back one by one (a dozen hops per request).
+  Here the chain is loaded in sync mode, as under WSGI, and the whole of
+  ``get_response`` (middleware and view) runs in one call on the request's thread. An
+  async view still works: Django's sync path runs it with ``async_to_sync`` on the
+  server's event loop.
+
+Correctness is as with Django's handler: one request's sync code runs on one thread (a
+request's database transaction never changes thread), and requests never share a thread
+at the same time (an executor has one worker; a request cancelled while its sync code
+still runs keeps the thread busy until that code returns, the next request queues behind
+it). Connections still go back to the pool at the end of each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core.handlers import base
+from django.core.handlers.asgi import ASGIHandler
+from django.http import FileResponse, HttpRequest, HttpResponseBase
+
+
+class PooledThreadsASGIHandler(ASGIHandler):
+    def __init__(self, *, threads: int) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        # ASGIHandler.__init__ would load the middleware in async mode; load it once, sync.
+        base.BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"django-sync-{n}")
+            for n in range(threads)
+        ]
+        self._idle: asyncio.Queue[ThreadPoolExecutor] | None = None
+
+    def _queue(self) -> asyncio.Queue[ThreadPoolExecutor]:
+        # Made on first use, inside the server's event loop.
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for executor in self._executors:
+                self._idle.put_nowait(executor)
+        return self._idle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        idle = self._queue()
+        executor = await idle.get()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            idle.put_nowait(executor)
+
+    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+        """The sync middleware chain and the view, in one call on the request's thread."""
+        response = await sync_to_async(self.get_response, thread_sensitive=True)(request)
+        response._handler_class = self.__class__  # type: ignore[attr-defined]
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        return response
