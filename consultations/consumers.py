@@ -11,6 +11,7 @@ docs/chat.md.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ def _backlog_sync(consultation_id: str, after_seq: int) -> list[dict[str, Any]]:
         after_seq = batch[-1].seq
 
 
+@functools.cache
 def _message_writer() -> Any:
     """Message writes of different consultations run in parallel on PostgreSQL (the row
     lock orders those of one consultation, and this socket awaits each in turn). SQLite
@@ -164,10 +166,14 @@ class ConsultationConsumer(JsonConsumer):
                 kind=str(frame.get("kind", "text")),
                 text=text,
                 attachment_id=frame.get("attachment_id"),
+                publish=False,
             )
         except DomainError as error:
             await self.send_error(error.code, error.detail, raw_id)
             return
+        if sent.event is not None:
+            # Committed: ring the group from this loop (no hop back from the thread).
+            await self.channel_layer.group_send(self.group, sent.event)
         await self.send_json(
             {"type": "message.ack", "client_msg_id": raw_id, "seq": sent.message.seq}
         )
