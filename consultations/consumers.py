@@ -65,8 +65,15 @@ def _message_writer() -> Any:
     if connection.vendor == "sqlite":
         return database_sync_to_async(messaging.message_send)
     return database_sync_to_async(
-        messaging.message_send, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
+        _message_send_keeping_connection, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
     )
+
+
+def _message_send_keeping_connection(**kwargs: Any) -> messaging.Sent:
+    try:
+        return messaging.message_send(**kwargs)
+    finally:
+        connection.close_at = None
 
 
 _open = database_sync_to_async(_open_sync)
