@@ -187,6 +187,8 @@ def _send_text_postgresql(
     *, consultation_id: UUID | str, sender: User, client_msg_id: UUID, text: str, publish: bool
 ) -> Sent | None:
     """The one-statement path (see ``_SEND_SQL``); None when it stored nothing."""
+    import psycopg  # only on PostgreSQL
+
     message = Message(
         id=uuid4(),
         consultation_id=consultation_id,
@@ -211,9 +213,14 @@ def _send_text_postgresql(
     # Inside a caller's transaction a savepoint keeps a refused duplicate from breaking
     # it; in autocommit (the socket's case) the statement is its own transaction.
     savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
-    with savepoint, connection.cursor() as cursor:
-        cursor.execute(_SEND_SQL, params)
-        row = cursor.fetchone()
+    with savepoint:
+        connection.ensure_connection()
+        # A server-side-binding cursor and a prepared statement: the parameters are not
+        # quoted into the text in Python, and PostgreSQL plans the statement once per
+        # connection. Errors are Django's (IntegrityError) as from its own cursors.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(_SEND_SQL, params, prepare=True)
+            row = cursor.fetchone()
     if row is None:
         return None
     message.seq, account_id, doctor_user_id, present = row
