@@ -178,12 +178,13 @@ class ConsultationConsumer(JsonConsumer):
         except DomainError as error:
             await self.send_error(error.code, error.detail, raw_id)
             return
-        if sent.event is not None:
-            # Committed: ring the group from this loop (no hop back from the thread).
-            await self.channel_layer.group_send(self.group, sent.event)
+        # Stored: the ack first (CONTRACT section 3), then the group is rung from this
+        # loop (no hop back from the writer's thread).
         await self.send_json(
             {"type": "message.ack", "client_msg_id": raw_id, "seq": sent.message.seq}
         )
+        if sent.event is not None:
+            await self.channel_layer.group_send(self.group, sent.event)
 
     async def on_read(self, frame: dict[str, Any]) -> None:
         up_to = frame.get("up_to_seq")
