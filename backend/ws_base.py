@@ -8,11 +8,14 @@ import json
 import time
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 
 class TokenBucket:
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
+
     def __init__(self, rate: float, capacity: float | None = None) -> None:
         self.rate = rate
         self.capacity = capacity if capacity is not None else rate
@@ -30,7 +33,22 @@ class TokenBucket:
 
 
 class JsonConsumer(AsyncWebsocketConsumer):
-    """Subclasses implement ``on_frame(frame)``; frames are JSON objects with ``type``."""
+    """Subclasses implement ``on_frame(frame)``; frames are JSON objects with ``type``.
+
+    Every database access of these consumers goes through ``database_sync_to_async``,
+    which closes stale connections before and after each call in the thread that runs
+    it."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels (4.2+) hops to its database thread before *every* event to close old
+        connections (``aclose_old_connections``): for a chat, a thread round trip per
+        frame received and per push delivered, for a thread these consumers never use
+        outside ``database_sync_to_async``, which does the same cleanup itself. The
+        handler is called directly instead."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def refuse(self, code: int) -> None:
         await self.accept()

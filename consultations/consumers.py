@@ -11,6 +11,7 @@ docs/chat.md.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +57,7 @@ def _backlog_sync(consultation_id: str, after_seq: int) -> list[dict[str, Any]]:
         after_seq = batch[-1].seq
 
 
+@functools.cache
 def _message_writer() -> Any:
     """Message writes of different consultations run in parallel on PostgreSQL (the row
     lock orders those of one consultation, and this socket awaits each in turn). SQLite
@@ -63,8 +65,15 @@ def _message_writer() -> Any:
     if connection.vendor == "sqlite":
         return database_sync_to_async(messaging.message_send)
     return database_sync_to_async(
-        messaging.message_send, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
+        _message_send_keeping_connection, thread_sensitive=False, executor=CHAT_DB_EXECUTOR
     )
+
+
+def _message_send_keeping_connection(**kwargs: Any) -> messaging.Sent:
+    try:
+        return messaging.message_send(**kwargs)
+    finally:
+        connection.close_at = None
 
 
 _open = database_sync_to_async(_open_sync)
@@ -164,13 +173,18 @@ class ConsultationConsumer(JsonConsumer):
                 kind=str(frame.get("kind", "text")),
                 text=text,
                 attachment_id=frame.get("attachment_id"),
+                publish=False,
             )
         except DomainError as error:
             await self.send_error(error.code, error.detail, raw_id)
             return
+        # Stored: the ack first (CONTRACT section 3), then the group is rung from this
+        # loop (no hop back from the writer's thread).
         await self.send_json(
             {"type": "message.ack", "client_msg_id": raw_id, "seq": sent.message.seq}
         )
+        if sent.event is not None:
+            await self.channel_layer.group_send(self.group, sent.event)
 
     async def on_read(self, frame: dict[str, Any]) -> None:
         up_to = frame.get("up_to_seq")

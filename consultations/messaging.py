@@ -8,15 +8,17 @@ stored message (and its seq) and creates nothing. See docs/chat.md.
 
 from __future__ import annotations
 
+import datetime as dt
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -85,9 +87,41 @@ def _locked_for_participant(consultation_id: UUID | str, user: User) -> Consulta
 class Sent:
     message: Message
     created: bool
+    #: The ``consultation.message`` group event of a message created with
+    #: ``publish=False``, for the caller to send; otherwise None.
+    event: dict[str, Any] | None = None
 
 
-def _append(consultation: Consultation, **fields: Any) -> Message:
+def _after_commit(
+    consultation_id: Any, message: Message, recipients: list[str], *, publish: bool
+) -> dict[str, Any]:
+    """Schedule what follows a stored message once it is committed: the push on the
+    consultation's group (unless ``publish`` is False: the caller sends the returned
+    event itself) and a notification to those of ``recipients`` without a live socket."""
+    payload = message_payload(message)
+    event = {"type": "consultation.message", "message": payload}
+
+    def deliver() -> None:
+        if publish:
+            _broadcast(consultation_id, event)
+        if not recipients:
+            return
+        # Pushes carry no health data: they pass through the phone vendors' servers.
+        notify_if_away(
+            topic=f"consultation:{consultation_id}",
+            user_ids=recipients,
+            title="新消息",
+            body="您的问诊有一条新消息",
+            data={"consultation": str(consultation_id), "seq": payload["seq"]},
+        )
+
+    transaction.on_commit(deliver)
+    return event
+
+
+def _append_event(
+    consultation: Consultation, *, publish: bool, **fields: Any
+) -> tuple[Message, dict[str, Any]]:
     # The caller holds the consultation's row lock (on SQLite, the IMMEDIATE transaction's
     # write lock), so reading last_seq and writing it back cannot interleave.
     consultation.last_seq += 1
@@ -95,26 +129,106 @@ def _append(consultation: Consultation, **fields: Any) -> Message:
     message = Message.objects.create(
         consultation=consultation, seq=consultation.last_seq, created_at=timezone.now(), **fields
     )
-    payload = message_payload(message)
     recipients = [
         u
         for u in consultation_participant_ids(consultation=consultation)
         if u != str(message.sender_id)
     ]
+    return message, _after_commit(consultation.pk, message, recipients, publish=publish)
 
-    def deliver() -> None:
-        _broadcast(consultation.pk, {"type": "consultation.message", "message": payload})
-        # Pushes carry no health data: they pass through the phone vendors' servers.
-        notify_if_away(
-            topic=f"consultation:{consultation.pk}",
-            user_ids=recipients,
-            title="新消息",
-            body="您的问诊有一条新消息",
-            data={"consultation": str(consultation.pk), "seq": payload["seq"]},
-        )
 
-    transaction.on_commit(deliver)
-    return message
+def _append(consultation: Consultation, **fields: Any) -> Message:
+    return _append_event(consultation, publish=True, **fields)[0]
+
+
+#: PostgreSQL: a text message in ONE statement (autocommit: one round trip, one commit).
+#: The UPDATE takes the consultation's row lock and the next seq only if the sender is a
+#: participant and the status accepts their messages — evaluated under the lock, so a
+#: message racing a transition out of ``in_progress`` either commits before it or finds
+#: no row. The INSERT of the same statement uses that seq; if it fails (the unique
+#: ``client_msg_id`` of a resend) the whole statement rolls back, seq included, so seqs
+#: stay gap-free. No row back: not open, not a participant or no such consultation — the
+#: general path below then says which. It also answers which participants have a live
+#: socket on the consultation (the test of ``notifications.services.present_users``), so
+#: the usual case — both in the chat — needs no presence query after the commit.
+_SEND_SQL = """
+WITH c AS (
+    UPDATE consultations_consultation SET last_seq = last_seq + 1
+    WHERE id = %(consultation)s AND status = ANY(%(statuses)s) AND (
+        account_id = %(sender)s
+        OR doctor_id = (SELECT id FROM organisations_practitioner WHERE user_id = %(sender)s)
+    )
+    RETURNING id, last_seq, account_id, doctor_id
+), m AS (
+    INSERT INTO consultations_message
+        (id, consultation_id, seq, sender_id, kind, text, client_msg_id, created_at)
+    SELECT %(id)s, c.id, c.last_seq, %(sender)s, %(kind)s, %(text)s, %(client_msg_id)s, %(now)s
+    FROM c
+    RETURNING seq
+)
+SELECT m.seq, c.account_id, d.user_id, ARRAY(
+    SELECT s.user_id FROM notifications_socketpresence s
+    WHERE s.topic = %(topic)s AND s.heartbeat_at >= %(fresh_since)s
+        AND s.user_id IN (c.account_id, d.user_id)
+)
+FROM m CROSS JOIN c LEFT JOIN organisations_practitioner d ON d.id = c.doctor_id
+"""
+
+
+def _open_statuses(sender: User) -> list[str]:
+    """Statuses in which ``sender`` may write: the doctor once accepted, the patient also
+    while waiting."""
+    if sender.role == Role.DOCTOR:
+        return [ConsultationStatus.IN_PROGRESS]
+    return sorted(OPEN_FOR_MESSAGES)
+
+
+def _send_text_postgresql(
+    *, consultation_id: UUID | str, sender: User, client_msg_id: UUID, text: str, publish: bool
+) -> Sent | None:
+    """The one-statement path (see ``_SEND_SQL``); None when it stored nothing."""
+    import psycopg  # only on PostgreSQL
+
+    message = Message(
+        id=uuid4(),
+        consultation_id=consultation_id,
+        sender=sender,
+        kind=MessageKind.TEXT,
+        text=text,
+        client_msg_id=client_msg_id,
+        created_at=timezone.now(),
+    )
+    params: dict[str, Any] = {
+        "consultation": str(consultation_id),
+        "statuses": _open_statuses(sender),
+        "sender": sender.pk,
+        "id": message.pk,
+        "kind": message.kind,
+        "text": text,
+        "client_msg_id": client_msg_id,
+        "now": message.created_at,
+        "topic": f"consultation:{consultation_id}",
+        "fresh_since": message.created_at - dt.timedelta(seconds=settings.PRESENCE_TTL_SECONDS),
+    }
+    # Inside a caller's transaction a savepoint keeps a refused duplicate from breaking
+    # it; in autocommit (the socket's case) the statement is its own transaction.
+    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    with savepoint:
+        connection.ensure_connection()
+        # A server-side-binding cursor and a prepared statement: the parameters are not
+        # quoted into the text in Python, and PostgreSQL plans the statement once per
+        # connection. Errors are Django's (IntegrityError) as from its own cursors.
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(_SEND_SQL, params, prepare=True)
+            row = cursor.fetchone()
+    if row is None:
+        return None
+    message.seq, account_id, doctor_user_id, present = row
+    message._state.adding = False
+    message._state.db = connection.alias
+    away = [str(u) for u in (account_id, doctor_user_id) if u not in (None, sender.pk, *present)]
+    event = _after_commit(consultation_id, message, away, publish=publish)
+    return Sent(message, created=True, event=None if publish else event)
 
 
 def message_send(
@@ -125,7 +239,14 @@ def message_send(
     kind: str,
     text: str = "",
     attachment_id: UUID | str | None = None,
+    publish: bool = True,
 ) -> Sent:
+    """Store a chat message and acknowledge it with its seq (CONTRACT section 3).
+
+    ``publish=False``: the caller sends ``Sent.event`` to the consultation's group itself
+    once this returns (the WebSocket consumer does, from its event loop, which saves a
+    thread hop); the message is committed by then unless the caller holds a transaction.
+    """
     if kind not in SENDABLE_KINDS:
         raise DomainError(
             "validation_error",
@@ -164,11 +285,20 @@ def message_send(
     # A repeated client_msg_id (a resend after a reconnect) is found by the unique
     # constraint on insert, which rolls the seq back; no read is spent on the usual case.
     try:
+        if kind == MessageKind.TEXT and connection.vendor == "postgresql":
+            sent = _send_text_postgresql(
+                consultation_id=consultation_id,
+                sender=sender,
+                client_msg_id=client_msg_id,
+                text=text,
+                publish=publish,
+            )
+            if sent is not None:
+                return sent
+        # SQLite, attachments, and the refusals of the one-statement path.
         with transaction.atomic():
             consultation = _locked_for_participant(consultation_id, sender)
-            if consultation.status not in OPEN_FOR_MESSAGES or (
-                sender.role == Role.DOCTOR and consultation.status != ConsultationStatus.IN_PROGRESS
-            ):
+            if consultation.status not in _open_statuses(sender):
                 earlier = stored()
                 if earlier is not None:
                     return Sent(earlier, created=False)
@@ -195,8 +325,9 @@ def message_send(
                         "That attachment is not an image.",
                         errors={"attachment_id": ["Not an image."]},
                     )
-            message = _append(
+            message, event = _append_event(
                 consultation,
+                publish=publish,
                 sender=sender,
                 kind=kind,
                 text=text,
@@ -208,7 +339,7 @@ def message_send(
         if existing is None:
             raise
         return Sent(existing, created=False)
-    return Sent(message, created=True)
+    return Sent(message, created=True, event=None if publish else event)
 
 
 def message_system(*, consultation_id: UUID | str, actor: User, text: str) -> Message:
