@@ -274,7 +274,14 @@ def test_a_forged_stale_or_wrong_key_notification_changes_nothing(peer, priced, 
     )
     assert paid_order(order["id"])
     assert NotificationLog.objects.filter(outcome="applied").count() == 1
-    note = next(n for n in peer.notifications() if n["event_type"] == "TRANSACTION.SUCCESS")
+
+    def success_note() -> dict:
+        return next(n for n in peer.notifications() if n["event_type"] == "TRANSACTION.SUCCESS")
+
+    # The peer counts the retry once our answer reaches it, which may be just after the
+    # log row above is committed.
+    wait_for(lambda: success_note()["attempts"] >= 2, what="the peer to record the retry")
+    note = success_note()
     assert note["attempts"] == 2
     assert note["delivered"]
     assert LedgerEntry.objects.count() == 1
