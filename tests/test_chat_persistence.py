@@ -34,19 +34,9 @@ from tests.chat_helpers import (
     stored,
     text_frame,
 )
+from tests.consult_http_helpers import end_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-END: dict[str, Any] = {
-    "diagnoses": [{"icd10": "I10", "main": True}],
-    "note": {
-        "chief_complaint": "高血压复诊",
-        "history": "规律服药",
-        "findings": "血压130/85",
-        "advice": "继续服药",
-    },
-    "fee": 0,
-}
 
 
 async def answers(socket: WebsocketCommunicator, count: int) -> list[dict[str, Any]]:
@@ -147,7 +137,7 @@ async def test_a_message_racing_the_end_waits_for_it_and_is_refused() -> None:
     def end_held_open() -> None:
         try:
             with transaction.atomic():
-                consultation_end(consultation_id=chat.id, user=chat.doctor.user, **END)
+                consultation_end(consultation_id=chat.id, user=chat.doctor.user, **end_body(fee=0))
                 ending.set()
                 release.wait(TIMEOUT)
         finally:
@@ -189,7 +179,7 @@ async def test_a_burst_across_the_end_stores_a_gap_free_prefix_and_refuses_the_r
     async def end() -> None:
         await asyncio.sleep(0.02)
         await database_sync_to_async(consultation_end)(
-            consultation_id=chat.id, user=chat.doctor.user, **END
+            consultation_id=chat.id, user=chat.doctor.user, **end_body(fee=0)
         )
 
     got, _ = await asyncio.gather(burst(), end())
