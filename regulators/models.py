@@ -89,6 +89,18 @@ class OutboxRecord(models.Model):
             models.Index(fields=["status", "next_attempt_at"]),
             models.Index(fields=["aggregate_type", "aggregate_id", "id"]),
             models.Index(fields=["province", "feed_seq"]),
+            # A drain walks what is pending in id order and stops at a batch; the table
+            # keeps every acknowledged record, so the walk must not pass through those.
+            models.Index(
+                fields=["id"], condition=models.Q(status="pending"), name="outbox_pending_idx"
+            ),
+            # "Is this hospital's institution filing acknowledged?" is asked for every
+            # record a drain looks at: one index entry per hospital, not all its records.
+            models.Index(
+                fields=["hospital", "id"],
+                condition=models.Q(record_type="filing.institution"),
+                name="outbox_filing_idx",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["province", "feed_seq"], name="outbox_feed_seq_unique")
