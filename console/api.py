@@ -26,6 +26,7 @@ from backend.identity.services import (
     console_password_check,
     console_second_factor_check,
 )
+from backend.identity.sessions import session_refresh
 from console.permissions import IsConsoleUser
 from console.serializers import LoginInput, LoginOutput, SessionOutput, TotpInput
 
@@ -134,13 +135,15 @@ class LogoutApi(ApiView):
 
 
 class SessionApi(ApiView):
-    """Who is signed in, and after how long without a request the session ends. Each
-    request extends the session, so the console's "stay signed in" calls this."""
+    """Who is signed in, and after how long without a request the session ends. Every
+    request extends the session (written at most every ``SESSION_REFRESH_SECONDS``);
+    this one always does, so the console's "stay signed in" calls it."""
 
     permission_classes = [IsConsoleUser]
 
     @extend_schema(operation_id="console_session", responses={200: SessionOutput})
     def get(self, request: Request) -> Response:
+        session_refresh(request)  # "stay signed in": always a full idle period from now
         return Response(
             {
                 "user": account_summary(user=request_account(request)),

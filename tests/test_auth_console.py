@@ -4,17 +4,22 @@ pharmacists (CONTRACT 1). Repeated wrong passwords lock the username."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any, cast
 
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from backend.audit.models import AuditEvent
 from backend.identity.models import Role, User, WsTicket
 from backend.identity.services import tokens_issue, totp_code_at, totp_enrol
+from backend.identity.sessions import REFRESHED_AT
 from backend.organisations.models import Practitioner
 from tests.factories import PASSWORD, PatientFactory, PractitionerFactory, UserFactory
 
@@ -26,6 +31,7 @@ LOGIN_URL = "/api/console/v1/auth/login"
 TOTP_URL = "/api/console/v1/auth/totp"
 LOGOUT_URL = "/api/console/v1/auth/logout"
 TICKET_URL = "/api/console/v1/ws-ticket"
+SESSION_URL = "/api/console/v1/auth/session"
 PROBLEM = "application/problem+json"
 
 
@@ -319,6 +325,47 @@ def test_an_idle_session_expires(api: APIClient, regulator: User) -> None:
 
     assert_problem(api.post(TICKET_URL), 401, "not_authenticated")
     assert WsTicket.objects.count() == 1
+
+
+def _age_the_session(seconds_left: int, refreshed_ago: int) -> None:
+    """Make the one session look as if its expiry was last pushed ``refreshed_ago``
+    seconds ago and ``seconds_left`` remain."""
+    row = Session.objects.get()
+    store = SessionStore(session_key=row.session_key)
+    store[REFRESHED_AT] = int(time.time()) - refreshed_ago
+    store.save()
+    Session.objects.update(expire_date=timezone.now() + dt.timedelta(seconds=seconds_left))
+
+
+def _seconds_left() -> float:
+    return (Session.objects.get().expire_date - timezone.now()).total_seconds()
+
+
+def test_working_keeps_the_session_alive_without_a_write_per_request(
+    api: APIClient, regulator: User
+) -> None:
+    idle = django_settings.SESSION_COOKIE_AGE
+    refresh = django_settings.SESSION_REFRESH_SECONDS
+    password_step(api, regulator)
+
+    # Pushed forward a moment ago: a request reads the session but leaves the row alone.
+    _age_the_session(seconds_left=idle - 5, refreshed_ago=5)
+    assert api.get(SESSION_URL).status_code == 200  # "stay signed in" always extends
+    _age_the_session(seconds_left=idle - 5, refreshed_ago=5)
+    with CaptureQueriesContext(connection) as queries:
+        assert api.post(TICKET_URL).status_code == 201
+    assert not any("django_session" in q["sql"] and "UPDATE" in q["sql"] for q in queries)
+    assert idle - 10 < _seconds_left() <= idle - 5
+
+    # Last pushed forward a refresh period ago: the same request extends it in full.
+    _age_the_session(seconds_left=idle - refresh, refreshed_ago=refresh)
+    assert api.post(TICKET_URL).status_code == 201
+    assert _seconds_left() > idle - 5
+
+    # Near the end, "stay signed in" extends even right after a refresh.
+    _age_the_session(seconds_left=59, refreshed_ago=1)
+    assert api.get(SESSION_URL).status_code == 200
+    assert _seconds_left() > idle - 5
 
 
 def test_the_session_key_changes_when_signing_in(api: APIClient, doctor: User) -> None:
