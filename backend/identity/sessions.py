@@ -30,7 +30,8 @@ def session_refresh(request: HttpRequest) -> None:
 class SessionRefreshMiddleware:
     """Goes right after ``SessionMiddleware``: marks a signed-in session modified when its
     expiry was last pushed forward ``SESSION_REFRESH_SECONDS`` ago or more. Requests that
-    never read the session (API tokens, static files) are left alone."""
+    never read the session (API tokens, static files) and ended sessions are left
+    alone."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
@@ -38,9 +39,11 @@ class SessionRefreshMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
         session = getattr(request, "session", None)
-        if session is None or not session.accessed or session.modified or session.is_empty():
+        if session is None or not session.accessed or session.is_empty():
             return response
-        last = session.get(REFRESHED_AT, 0)
-        if time.time() - last >= settings.SESSION_REFRESH_SECONDS:
+        # A session written anyway (signing in, say) records the push it gets for free.
+        if session.modified or time.time() - session.get(REFRESHED_AT, 0) >= (
+            settings.SESSION_REFRESH_SECONDS
+        ):
             session_refresh(request)
         return response
