@@ -31,7 +31,12 @@ from backend.organisations.models import (
     Practitioner,
     PractitionerKind,
 )
-from backend.pki.services import seal_sign, signature_create, signing_act_authorise
+from backend.pki.services import (
+    SigningAct,
+    seal_sign,
+    signature_create,
+    signing_act_authorise,
+)
 from consultations.lifecycle import CLOSED as CONSULTATION_CLOSED
 from consultations.models import Consultation, ConsultationStatus
 from prescriptions import billing, push, reporting, rules
@@ -602,23 +607,42 @@ def prescription_sign(
         machine_credential=machine_credential,
         meta=meta,
     )
-    # The rules run again at signing (the catalogue or the patient's age may have
-    # changed since drafting); a controlled drug refused here is kept like at drafting.
-    unlocked = (
-        Prescription.objects.select_related("profile")
-        .filter(pk=prescription_id, hospital_id=doctor.hospital_id)
-        .first()
-    )
-    if unlocked is not None and unlocked.status == S.DRAFT:
-        checks = prescription_checks_of(prescription=unlocked)
-        if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
-            _record_controlled_attempt(
-                consultation=Consultation.objects.get(pk=unlocked.consultation_id),
-                doctor=doctor,
-                checks=checks,
-                drafts=_stored_drafts(unlocked),
-                meta=meta,
-            )
+    try:
+        return _sign(doctor=doctor, act=act, prescription_id=prescription_id, meta=meta)
+    except _ControlledRefused as refused:
+        # The rules run again at signing (the catalogue or the patient's age may have
+        # changed since drafting); a controlled drug refused here is kept, in its own
+        # transaction once the signing one is rolled back, like at drafting.
+        _record_controlled_attempt(
+            consultation=refused.consultation,
+            doctor=doctor,
+            checks=refused.checks,
+            drafts=refused.drafts,
+            meta=meta,
+        )
+        rules.raise_for(refused.checks)
+        raise  # pragma: no cover - raise_for raises on the refusal
+
+
+class _ControlledRefused(Exception):
+    def __init__(
+        self,
+        consultation: Consultation,
+        checks: list[rules.Check],
+        drafts: list[rules.LineDraft],
+    ) -> None:
+        super().__init__("controlled_drug_forbidden")
+        self.consultation, self.checks, self.drafts = consultation, checks, drafts
+
+
+def _sign(
+    *,
+    doctor: Practitioner,
+    act: SigningAct,
+    prescription_id: UUID | str,
+    meta: RequestMeta | None,
+) -> Prescription:
+    user = doctor.user
     with transaction.atomic():
         prescription = _locked(prescription_id)
         if prescription.hospital_id != doctor.hospital_id:
@@ -630,7 +654,11 @@ def prescription_sign(
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
         lines = list(prescription.lines.select_related("drug"))
-        rules.raise_for(prescription_checks_of(prescription=prescription, lines=lines))
+        drafts = _stored_drafts(prescription, lines)
+        checks = prescription_checks_of(prescription=prescription, lines=lines)
+        if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
+            raise _ControlledRefused(consultation, checks, drafts)
+        rules.raise_for(checks)
         # One clock reading for the issue time and the signature time, so that a
         # signature made at midnight is not dated the day after its issue.
         issued_at = timezone.now()
