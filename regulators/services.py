@@ -75,6 +75,11 @@ def regulator_group(province_code: str) -> str:
 # --- Append ---------------------------------------------------------------------------------
 
 
+#: Hospitals whose institution filing this process has seen committed to the outbox.
+#: Records are never deleted, so the question is asked once per hospital and process.
+_filed: set[Any] = set()
+
+
 def outbox_append(
     *,
     hospital: Hospital,
@@ -91,17 +96,17 @@ def outbox_append(
             "invalid_record",
             f"The {record_type} record does not match its schema: " + "; ".join(errors[:5]),
         )
-    if (
-        record_type != INSTITUTION_FILING
-        and not OutboxRecord.objects.filter(
+    if record_type != INSTITUTION_FILING and hospital.pk not in _filed:
+        if not OutboxRecord.objects.filter(
             hospital=hospital, record_type=INSTITUTION_FILING
-        ).exists()
-    ):
-        # The platform verifies every record against the seal certificate it learns from
-        # the institution's filing: a hospital's first record brings that filing first.
-        from regulators.filings import filing_institution
+        ).exists():
+            # The platform verifies every record against the seal certificate it learns
+            # from the institution's filing: a hospital's first record brings it first.
+            from regulators.filings import filing_institution
 
-        filing_institution(hospital=hospital)
+            filing_institution(hospital=hospital)
+        hospital_pk = hospital.pk
+        transaction.on_commit(lambda: _filed.add(hospital_pk))
     seal = seal_sign(hospital=hospital, data=rfc8785.dumps(payload))
     now = timezone.now()
     record = OutboxRecord.objects.create(
