@@ -70,9 +70,16 @@ def _machine(request: Request) -> bool:
 
 
 def _detail(
-    request: Request, prescription_id: UUID | str, checks: list[rules.Check] | None = None
+    request: Request,
+    prescription_id: UUID | str,
+    checks: list[rules.Check] | None = None,
+    *,
+    acted_on: Prescription | None = None,
 ) -> dict[str, Any]:
-    prescription = prescription_visible_to(
+    """The console's view of a prescription. ``acted_on``: the instance a service just
+    changed for this user under its row lock (who may act on it was checked there), with
+    what it read on the way, so the response does not read it all again."""
+    prescription = acted_on or prescription_visible_to(
         user=request_account(request), prescription_id=prescription_id
     )
     body = prescription_state(prescription)
@@ -201,14 +208,14 @@ class SignApi(ApiView):
     def post(self, request: Request, prescription_id: UUID) -> Response:
         data = OtpInput(data=request.data)
         data.is_valid(raise_exception=True)
-        prescription_sign(
+        signed = prescription_sign(
             user=request_account(request),
             prescription_id=prescription_id,
             otp=data.validated_data.get("otp"),
             machine_credential=_machine(request),
             meta=RequestMeta.from_request(request),
         )
-        return Response(_detail(request, prescription_id))
+        return Response(_detail(request, prescription_id, acted_on=signed))
 
 
 class ReviewsApi(ListApiView):
@@ -243,14 +250,14 @@ class ApproveApi(ApiView):
     def post(self, request: Request, prescription_id: UUID) -> Response:
         data = OtpInput(data=request.data)
         data.is_valid(raise_exception=True)
-        prescription_approve(
+        approved = prescription_approve(
             user=request_account(request),
             prescription_id=prescription_id,
             otp=data.validated_data.get("otp"),
             machine_credential=_machine(request),
             meta=RequestMeta.from_request(request),
         )
-        return Response(_detail(request, prescription_id))
+        return Response(_detail(request, prescription_id, acted_on=approved))
 
 
 class RejectApi(ApiView):

@@ -31,7 +31,7 @@ def order_items(prescription: Prescription) -> list[dict[str, object]]:
             "unit_price": line.unit_price,
             "quantity": line.quantity,
         }
-        for line in prescription.lines.order_by("position")
+        for line in sorted(prescription.lines.all(), key=lambda line: line.position)
     ]
     if prescription.fulfilment == Fulfilment.DELIVERY and settings.PRESCRIPTION_DELIVERY_FEE > 0:
         items.append(

@@ -150,6 +150,11 @@ class Prescription(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    #: Not a column: the current version with its certificates, when the service that
+    #: holds the row lock has just read or written it (``signing`` reads it from here
+    #: rather than again: the regulator payload and the response come right after).
+    version_in_hand: PrescriptionVersion | None = None
+
     class Meta:
         verbose_name = _("prescription")
         ordering = ["-created_at"]

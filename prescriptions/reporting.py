@@ -39,6 +39,9 @@ def _staff(practitioner: Any) -> dict[str, str]:
 
 
 def _version(prescription: Prescription) -> PrescriptionVersion | None:
+    in_hand = prescription.version_in_hand
+    if in_hand is not None and in_hand.version == prescription.version:
+        return in_hand
     return (
         PrescriptionVersion.objects.select_related(
             "doctor_certificate", "pharmacist_certificate", "reviewed_by__user"

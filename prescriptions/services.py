@@ -19,7 +19,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Prefetch, Q, prefetch_related_objects
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -538,6 +538,13 @@ def prescription_update(
     return Draft(prescription, checks)
 
 
+def _prefetch_lines(prescription: Prescription) -> None:
+    """Read the lines with their drugs once for the rest of the request."""
+    prefetch_related_objects(
+        [prescription], Prefetch("lines", queryset=PrescriptionLine.objects.select_related("drug"))
+    )
+
+
 def _stored_lines(prescription: Prescription) -> list[PrescriptionLine]:
     """The lines with their drugs: the prefetched ones when the selector loaded them."""
     if "lines" in getattr(prescription, "_prefetched_objects_cache", {}):
@@ -653,7 +660,8 @@ def _sign(
         _treating(consultation, doctor)
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
-        lines = list(prescription.lines.select_related("drug"))
+        _prefetch_lines(prescription)
+        lines = list(prescription.lines.all())
         drafts = _stored_drafts(prescription, lines)
         checks = prescription_checks_of(prescription=prescription, lines=lines)
         if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
@@ -670,7 +678,7 @@ def _sign(
         signature = signature_create(
             act=act, purpose="prescription", data=signed_bytes, signed_at=issued_at
         )
-        PrescriptionVersion.objects.create(
+        prescription.version_in_hand = PrescriptionVersion.objects.create(
             prescription=prescription,
             version=prescription.version,
             signed_bytes=signed_bytes,
@@ -747,6 +755,8 @@ def prescription_approve(
             raise DomainError("prescription_expired")
         version = _current_version(prescription)
         _verified(version, require_review=False)
+        prescription.version_in_hand = version
+        _prefetch_lines(prescription)  # the order's items, the response
         statement = canonical(review_statement(version, pharmacist=pharmacist, reviewed_at=now))
         signature = signature_create(act=act, purpose="review", data=statement, signed_at=now)
         version.review_result = "approved"
