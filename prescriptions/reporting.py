@@ -86,7 +86,12 @@ def _prescription_payload(
     }
     if event.reason:
         payload["reason"] = event.reason
-    payload["payment"] = order_amounts(kind=OrderKind.PRESCRIPTION, subject_id=prescription.pk)
+    # An order opens only on approval (DOMAIN rule 6), so a signature never has one.
+    payload["payment"] = (
+        None
+        if event.action == "sign"
+        else order_amounts(kind=OrderKind.PRESCRIPTION, subject_id=prescription.pk)
+    )
     return payload
 
 
