@@ -136,8 +136,8 @@ class LogoutApi(ApiView):
 
 class SessionApi(ApiView):
     """Who is signed in, and after how long without a request the session ends. Every
-    request extends the session (written at most every ``SESSION_REFRESH_SECONDS``);
-    this one always does, so the console's "stay signed in" calls it."""
+    request extends the session (the server writes the new expiry at most every 30
+    seconds); this one always writes it, so the console's "stay signed in" calls it."""
 
     permission_classes = [IsConsoleUser]
 
