@@ -17,6 +17,7 @@ from backend.api.views import ApiView
 from backend.audit.services import RequestMeta
 from backend.identity.authentication import request_account
 from backend.identity.models import Role
+from prescriptions.models import Prescription
 from prescriptions.selectors import prescription_bundle_of
 from prescriptions.serializers import (
     BundleOutput,
@@ -51,8 +52,12 @@ class IsPharmacyStaff(BasePermission):
         )
 
 
-def _for_pharmacy(request: Request, prescription_id: UUID | str) -> dict[str, Any]:
-    prescription = prescription_for_pharmacy(
+def _for_pharmacy(
+    request: Request, prescription_id: UUID | str, *, acted_on: Prescription | None = None
+) -> dict[str, Any]:
+    """The pharmacy's view. ``acted_on``: the instance the claim service just changed for
+    this pharmacy under its row lock, so the answer does not read it again."""
+    prescription = acted_on or prescription_for_pharmacy(
         user=request_account(request), prescription_id=prescription_id, touch=False
     )
     body = prescription_state(prescription)
@@ -90,7 +95,9 @@ class ClaimApi(ApiView):
         return Response(
             {
                 "claim_secret": claim.claim_secret,
-                "prescription": _for_pharmacy(request, claim.prescription.pk),
+                "prescription": _for_pharmacy(
+                    request, claim.prescription.pk, acted_on=claim.prescription
+                ),
             }
         )
 
