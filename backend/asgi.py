@@ -22,16 +22,13 @@ from backend.http_threads import PooledThreadsASGIHandler  # noqa: E402
 django_asgi_app = PooledThreadsASGIHandler(threads=settings.HTTP_SYNC_THREADS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from backend.ws_auth import WebSocketAuthMiddleware  # noqa: E402
+from backend.ws_auth import gated_routes  # noqa: E402
 from backend.ws_routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns()))
-        ),
+        "websocket": URLRouter(gated_routes(websocket_urlpatterns())),
     }
 )

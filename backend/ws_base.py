@@ -37,7 +37,17 @@ class JsonConsumer(AsyncWebsocketConsumer):
 
     Every database access of these consumers goes through ``database_sync_to_async``,
     which closes stale connections before and after each call in the thread that runs
-    it."""
+    it.
+
+    A consumer lives as long as its socket, mostly idle, so its own state is kept small:
+    attributes in ``__slots__`` (Channels' own stay in the instance dict, which then
+    stays at its smallest size), no per-instance ``groups`` list (these consumers join
+    their groups themselves), and the rate-limit bucket made at the first frame (it
+    starts full either way)."""
+
+    __slots__ = ("bucket",)
+    bucket: TokenBucket
+    groups: Any = ()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels (4.2+) hops to its database thread before *every* event to close old
@@ -53,10 +63,6 @@ class JsonConsumer(AsyncWebsocketConsumer):
     async def refuse(self, code: int) -> None:
         await self.accept()
         await self.close(code=code)
-
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
-        self.bucket = TokenBucket(float(settings.CHAT_MAX_FRAMES_PER_SECOND))
-        await super().websocket_connect(message)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, ensure_ascii=False))
@@ -75,7 +81,11 @@ class JsonConsumer(AsyncWebsocketConsumer):
                 "frame_too_large", f"Frames are limited to {settings.CHAT_MAX_FRAME_BYTES} bytes."
             )
             return
-        if not self.bucket.take():
+        try:
+            bucket = self.bucket
+        except AttributeError:
+            bucket = self.bucket = TokenBucket(float(settings.CHAT_MAX_FRAMES_PER_SECOND))
+        if not bucket.take():
             await self.send_error(
                 "rate_limited",
                 f"At most {settings.CHAT_MAX_FRAMES_PER_SECOND} frames per second; this one "

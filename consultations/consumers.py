@@ -98,6 +98,13 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 class ConsultationConsumer(JsonConsumer):
+    __slots__ = ("consultation_id", "delivered_seq", "group", "heartbeat_at", "user_id")
+    consultation_id: str
+    delivered_seq: int
+    group: str
+    heartbeat_at: float
+    user_id: str
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
