@@ -162,6 +162,11 @@ class Prescription(models.Model):
     def __str__(self) -> str:
         return f"Prescription {self.pk} v{self.version} ({self.status})"
 
+    def current_version_in_hand(self) -> PrescriptionVersion | None:
+        """``version_in_hand`` if it is still the current version."""
+        held = self.version_in_hand
+        return held if held is not None and held.version == self.version else None
+
 
 class PrescriptionLine(models.Model):
     prescription = models.ForeignKey(Prescription, on_delete=models.CASCADE, related_name="lines")

@@ -99,8 +99,8 @@ def prescription_history(*, prescription: Prescription) -> list[PrescriptionEven
 
 
 def version_current(*, prescription: Prescription) -> PrescriptionVersion | None:
-    in_hand = prescription.version_in_hand
-    if in_hand is not None and in_hand.version == prescription.version:
+    in_hand = prescription.current_version_in_hand()
+    if in_hand is not None:
         return in_hand
     return (
         PrescriptionVersion.objects.select_related(
