@@ -43,7 +43,7 @@ def _open_order(consultation: Consultation, amount: int) -> None:
         subject_id=consultation.pk,
         hospital=consultation.hospital,
         profile=consultation.profile,
-        account=consultation.account,
+        account_id=consultation.account_id,
         description=f"{consultation.hospital.name} {department.name} 复诊费",
         items=[
             {

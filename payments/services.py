@@ -182,7 +182,7 @@ def order_create(
     subject_id: UUID | str,
     hospital: Hospital,
     profile: PatientProfile,
-    account: User,
+    account_id: UUID | str,
     description: str,
     items: list[dict[str, Any]],
 ) -> Order:
@@ -197,7 +197,7 @@ def order_create(
         subject_id=subject_id,
         hospital=hospital,
         profile=profile,
-        account=account,
+        account_id=account_id,
         description=description[:120],
         items=cleaned,
         total=total,

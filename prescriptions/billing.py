@@ -55,7 +55,7 @@ def after_transition(prescription: Prescription, event: PrescriptionEvent) -> No
                 subject_id=prescription.pk,
                 hospital=prescription.hospital,
                 profile=prescription.profile,
-                account=prescription.profile.account,
+                account_id=prescription.profile.account_id,
                 description=f"{prescription.hospital.name} 处方药品",
                 items=items,
             )

@@ -481,7 +481,7 @@ def test_no_order_exists_for_a_prescription_before_the_pharmacists_approval(peer
             subject_id=prescription_id,
             hospital=rx.hospital,
             profile=rx.profile,
-            account=rx.account,
+            account_id=rx.account.pk,
             description="before approval",
             items=[{"code": "X", "name": "x", "unit_price": 100, "quantity": 1}],
         )

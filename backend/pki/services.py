@@ -342,6 +342,7 @@ def certificate_current(*, user: User, role: str) -> SigningCertificate | None:
     now = timezone.now()
     return (
         SigningCertificate.objects.select_related("authority")
+        .defer("authority__private_key_pem")  # the CA's key signs certificates, not this
         .filter(user=user, role=role, revoked_at=None, not_before__lte=now, not_after__gt=now)
         .order_by("-not_after")
         .first()
@@ -499,9 +500,15 @@ def signature_create(
     ):
         raise DomainError("signature_required", "Sign again with a fresh authenticator code.")
     act.used = True
-    certificate = SigningCertificate.objects.select_related("authority").get(pk=act.certificate.pk)
+    # The certificate as the act found it (valid then); revoked since is read again now.
+    certificate = act.certificate
+    revoked_at = (
+        SigningCertificate.objects.filter(pk=certificate.pk)
+        .values_list("revoked_at", flat=True)
+        .get()
+    )
     now = signed_at or timezone.now()
-    if certificate.revoked_at is not None:
+    if revoked_at is not None:
         raise DomainError("certificate_revoked")
     if not certificate.not_before <= now < certificate.not_after:
         raise DomainError("no_signing_certificate", "Your signing certificate has expired.")
@@ -517,6 +524,7 @@ def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
     lock orders with the audit chain head (deadlocks under load)."""
     seals = (
         SigningCertificate.objects.select_related("authority")
+        .defer("authority__private_key_pem")  # the seal's own key signs, not the CA's
         .filter(role=CertificateRole.INSTITUTION, revoked_at=None)
         .order_by("-not_after")
     )
