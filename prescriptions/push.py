@@ -9,6 +9,10 @@ app. Pharmacy systems without a socket read ``cancel_requested`` from the API.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -47,42 +51,98 @@ def _frame(prescription: Prescription, event: PrescriptionEvent) -> dict[str, An
     }
 
 
+@dataclass(frozen=True)
+class _Change:
+    """One change as it stood when it was made (a later change in the same transaction
+    does not rewrite what this one says)."""
+
+    frame: dict[str, Any]
+    action: str
+    status: str
+    hospital_id: Any
+    doctor_user_id: Any
+    account_id: Any
+    prescription_id: Any
+    pharmacy_id: Any
+
+
+_held = threading.local()
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """Changes made inside are told after commit in one go: who to tell is looked up
+    once (a signature is two changes, ``sign`` and ``submit``). Nothing is told if the
+    block raises, like a change whose transaction rolls back."""
+    outer: list[_Change] | None = getattr(_held, "changes", None)
+    changes: list[_Change] = []
+    _held.changes = changes
+    try:
+        yield
+    finally:
+        _held.changes = outer
+    if outer is not None:
+        outer.extend(changes)
+    elif changes:
+        transaction.on_commit(lambda: _deliver(changes))
+
+
 def after_change(prescription: Prescription, event: PrescriptionEvent) -> None:
-    frame = _frame(prescription, event)
-    hospital_id = prescription.hospital_id
-    # The row was locked with its doctor (``services._locked``): no query after commit.
-    doctor_user_id = prescription.doctor.user_id
-    account_id = prescription.profile.account_id
-    prescription_id = prescription.pk
-    status = prescription.status
-    pharmacy_id = prescription.claimed_by_id or (event.pharmacy_id if event.pharmacy_id else None)
+    change = _Change(
+        frame=_frame(prescription, event),
+        action=event.action,
+        status=prescription.status,
+        hospital_id=prescription.hospital_id,
+        # The row was locked with its doctor (``services._locked``): no query after commit.
+        doctor_user_id=prescription.doctor.user_id,
+        account_id=prescription.profile.account_id,
+        prescription_id=prescription.pk,
+        pharmacy_id=prescription.claimed_by_id or event.pharmacy_id or None,
+    )
+    held: list[_Change] | None = getattr(_held, "changes", None)
+    if held is not None:
+        held.append(change)
+    else:
+        transaction.on_commit(lambda: _deliver([change]))
 
-    def deliver() -> None:
-        layer = get_channel_layer()
-        if layer is not None:
-            recipients: set[Any] = set()
-            if status != PrescriptionStatus.DRAFT:  # drafts are the doctor's own work
-                recipients.update(
-                    Practitioner.objects.filter(
-                        hospital_id=hospital_id, kind=PractitionerKind.PHARMACIST, on_duty=True
-                    ).values_list("user_id", flat=True)
-                )
-            recipients.add(doctor_user_id)
-            if pharmacy_id is not None:
-                recipients.update(
-                    PharmacyStaff.objects.filter(pharmacy_id=pharmacy_id).values_list(
-                        "user_id", flat=True
-                    )
-                )
-            for user_id in sorted(recipients, key=str):
-                group_send(console_user_group(user_id), {"type": "console.event", "frame": frame})
-        if event.action in PATIENT_NOTICES:
-            notify_if_away(
-                topic=f"prescription:{prescription_id}",
-                user_ids=[account_id],
-                title="处方状态更新",
-                body=PATIENT_NOTICES[event.action],
-                data={"prescription": str(prescription_id), "status": status},
+
+def _recipients(change: _Change) -> set[Any]:
+    recipients: set[Any] = set()
+    if change.status != PrescriptionStatus.DRAFT:  # drafts are the doctor's own work
+        recipients.update(
+            Practitioner.objects.filter(
+                hospital_id=change.hospital_id, kind=PractitionerKind.PHARMACIST, on_duty=True
+            ).values_list("user_id", flat=True)
+        )
+    recipients.add(change.doctor_user_id)
+    if change.pharmacy_id is not None:
+        recipients.update(
+            PharmacyStaff.objects.filter(pharmacy_id=change.pharmacy_id).values_list(
+                "user_id", flat=True
             )
+        )
+    return recipients
 
-    transaction.on_commit(deliver)
+
+def _deliver(changes: list[_Change]) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        recipients: set[Any] | None = None
+        for change in changes:
+            # Changes told together are of one prescription, in order; the last one's
+            # audience (status, pharmacy) is everyone who needs to hear any of them.
+            if recipients is None:
+                recipients = _recipients(changes[-1])
+            for user_id in sorted(recipients, key=str):
+                group_send(
+                    console_user_group(user_id), {"type": "console.event", "frame": change.frame}
+                )
+    for change in changes:
+        if change.action in PATIENT_NOTICES:
+            notify_if_away(
+                topic=f"prescription:{change.prescription_id}",
+                user_ids=[change.account_id],
+                title="处方状态更新",
+                body=PATIENT_NOTICES[change.action],
+                data={"prescription": str(change.prescription_id), "status": change.status},
+            )

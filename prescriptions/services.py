@@ -70,10 +70,12 @@ S = PrescriptionStatus
 # --- Locks and the one transition -------------------------------------------------------------
 
 
-def _locked(prescription_id: UUID | str) -> Prescription:
+def _locked(prescription_id: UUID | str, *also: str) -> Prescription:
+    """The prescription, row-locked, with what transitions read (``also``: more
+    relations the caller needs, read in the same statement)."""
     found = (
         Prescription.objects.select_for_update(of=("self",))
-        .select_related("profile", "doctor__user", "doctor__department", "hospital")
+        .select_related("profile", "doctor__user", "doctor__department", "hospital", *also)
         .filter(pk=prescription_id)
         .first()
     )
@@ -651,12 +653,11 @@ def _sign(
 ) -> Prescription:
     user = doctor.user
     with transaction.atomic():
-        prescription = _locked(prescription_id)
+        prescription = _locked(prescription_id, "consultation")
         if prescription.hospital_id != doctor.hospital_id:
             raise DomainError("not_found", "No such prescription.")
-        consultation = Consultation.objects.select_related("profile").get(
-            pk=prescription.consultation_id
-        )
+        consultation = prescription.consultation
+        consultation.profile = prescription.profile  # a prescription is for its visit's patient
         _treating(consultation, doctor)
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
@@ -686,18 +687,19 @@ def _sign(
             doctor_certificate=signature.certificate,
             signed_at=signature.signed_at,
         )
-        _transition(
-            prescription,
-            "sign",
-            actor=user,
-            meta=meta,
-            changes={"issued_at": issued_at, "valid_until": valid_until},
-            data={
-                "certificate_serial": signature.certificate.serial_number,
-                "signature_sha256": signature.value_sha256,
-            },
-        )
-        _transition(prescription, "submit", actor=None, meta=meta)
+        with push.together():  # who to tell is looked up once for both changes
+            _transition(
+                prescription,
+                "sign",
+                actor=user,
+                meta=meta,
+                changes={"issued_at": issued_at, "valid_until": valid_until},
+                data={
+                    "certificate_serial": signature.certificate.serial_number,
+                    "signature_sha256": signature.value_sha256,
+                },
+            )
+            _transition(prescription, "submit", actor=None, meta=meta)
     return prescription
 
 
