@@ -182,9 +182,15 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
 if DATABASE_URL.startswith("sqlite"):
     VAR_DIR.mkdir(parents=True, exist_ok=True)
+#: Seconds a connection is kept between requests. SQLite keeps its connections by default:
+#: opening one runs the WAL pragmas below, which cost more than a chat message's writes.
+#: PostgreSQL takes its connections from the pool instead (DATABASE_POOL).
+_SQLITE = DATABASE_URL.startswith("sqlite")
 DATABASES: dict[str, Any] = {
     "default": dj_database_url.parse(
-        DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0), conn_health_checks=True
+        DATABASE_URL,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600 if _SQLITE else 0),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -242,7 +248,9 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Channels' in-memory layer, sweeping expired entries once a second instead of on
+    # every message (backend/channel_layer.py).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "backend.channel_layer.SweepingInMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 CELERY_DATA_DIR = VAR_DIR / "celery"

@@ -331,7 +331,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     print(
         f"chat bench: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-        f"layer={args.layer}, {args.messages} messages per participant"
+        f"layer={args.layer} with Redis (embedded: in-memory), "
+        f"{args.messages} messages per participant"
     )
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix="ih-bench-") as var_dir:
