@@ -35,13 +35,13 @@ PATIENT_NOTICES = {
 }
 
 
-def _frame(prescription: Prescription, event: PrescriptionEvent) -> dict[str, Any]:
+def _frame(prescription: Prescription, event: PrescriptionEvent, status: str) -> dict[str, Any]:
     return {
         "type": "prescription.changed",
         "action": event.action,
         "prescription": {
             "id": str(prescription.pk),
-            "status": prescription.status,
+            "status": status,
             "version": prescription.version,
             "consultation": str(prescription.consultation_id),
             "doctor": str(prescription.doctor_id),
@@ -87,11 +87,16 @@ def together() -> Iterator[None]:
         transaction.on_commit(lambda: _deliver(changes))
 
 
-def after_change(prescription: Prescription, event: PrescriptionEvent) -> None:
+def after_change(
+    prescription: Prescription, event: PrescriptionEvent, *, status: str | None = None
+) -> None:
+    """``status``: the status this change left (default: the prescription's now), when
+    later changes told together have moved it on already."""
+    status = status or prescription.status
     change = _Change(
-        frame=_frame(prescription, event),
+        frame=_frame(prescription, event, status),
         action=event.action,
-        status=prescription.status,
+        status=status,
         hospital_id=prescription.hospital_id,
         # The row was locked with its doctor (``services._locked``): no query after commit.
         doctor_user_id=prescription.doctor.user_id,

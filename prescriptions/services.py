@@ -23,7 +23,7 @@ from django.db.models import Count, F, Prefetch, Q, prefetch_related_objects
 from django.utils import timezone
 
 from backend.api.problems import DomainError
-from backend.audit.services import RequestMeta, audit_record
+from backend.audit.services import AuditEntry, RequestMeta, audit_record, audit_records
 from backend.identity.models import User
 from backend.organisations.models import (
     Pharmacy,
@@ -84,6 +84,18 @@ def _locked(prescription_id: UUID | str, *also: str) -> Prescription:
     return found
 
 
+@dataclass(frozen=True)
+class Step:
+    """One move of a prescription's status (see ``_transitions``)."""
+
+    action: str
+    actor: User | None
+    pharmacy: Pharmacy | None = None
+    reason: str = ""
+    data: dict[str, Any] | None = None
+    changes: dict[str, Any] | None = None
+
+
 def _transition(
     prescription: Prescription,
     action: str,
@@ -96,49 +108,73 @@ def _transition(
     meta: RequestMeta | None = None,
 ) -> PrescriptionEvent:
     """The one place a prescription changes status. Call with the row locked."""
-    transition = TRANSITIONS[action]
-    source = prescription.status
-    if source not in transition.sources:
-        raise _state_error(prescription, action)
+    step = Step(action, actor, pharmacy, reason, data, changes)
+    return _transitions(prescription, [step], meta=meta)[0]
+
+
+def _transitions(
+    prescription: Prescription, steps: list[Step], *, meta: RequestMeta | None = None
+) -> list[PrescriptionEvent]:
+    """Moves made together (signing is ``sign`` then ``submit``): each checked against
+    the transition table from the status the one before left, each with its event row,
+    audit event, regulator record and push; written with one update of the row, one
+    insert of the events and one append to the audit chain. Call with the row locked."""
     now = timezone.now()
-    prescription.status = transition.target
-    prescription.status_reason = reason
-    for name, value in (changes or {}).items():
-        setattr(prescription, name, value)
-    # Only what the transition changes (not every column, with its encrypted ones).
-    prescription.save(update_fields=["status", "status_reason", "updated_at", *(changes or {})])
-    event = PrescriptionEvent.objects.create(
-        prescription=prescription,
-        action=action,
-        from_status=source,
-        to_status=transition.target,
-        actor=actor,
-        pharmacy=pharmacy,
-        reason=reason,
-        data=data or {},
-        created_at=now,
-    )
-    audit_record(
-        action=f"prescription.{action}",
-        actor=actor,
-        object_type="prescription",
-        object_id=prescription.pk,
-        before={"status": source},
-        after={
-            "status": transition.target,
-            "version": prescription.version,
-            "reason": reason,
-            "pharmacy": pharmacy.code if pharmacy else None,
-            **(data or {}),
-        },
-        meta=meta,
-    )
-    # The order (opened on approval, closed or refunded) and then the regulator record,
-    # in this same transaction, so the record carries the money (delivered after commit).
-    billing.after_transition(prescription, event)
-    reporting.report_transition(prescription, event)
-    push.after_change(prescription, event)
-    return event
+    fields = {"status", "status_reason", "updated_at"}
+    events: list[PrescriptionEvent] = []
+    entries: list[AuditEntry] = []
+    for step in steps:
+        transition = TRANSITIONS[step.action]
+        source = prescription.status
+        if source not in transition.sources:
+            raise _state_error(prescription, step.action)
+        prescription.status = transition.target
+        prescription.status_reason = step.reason
+        for name, value in (step.changes or {}).items():
+            setattr(prescription, name, value)
+        fields.update(step.changes or {})
+        events.append(
+            PrescriptionEvent(
+                prescription=prescription,
+                action=step.action,
+                from_status=source,
+                to_status=transition.target,
+                actor=step.actor,
+                pharmacy=step.pharmacy,
+                reason=step.reason,
+                data=step.data or {},
+                created_at=now,
+            )
+        )
+        entries.append(
+            AuditEntry(
+                action=f"prescription.{step.action}",
+                actor=step.actor,
+                object_type="prescription",
+                object_id=prescription.pk,
+                before={"status": source},
+                after={
+                    "status": transition.target,
+                    "version": prescription.version,
+                    "reason": step.reason,
+                    "pharmacy": step.pharmacy.code if step.pharmacy else None,
+                    **(step.data or {}),
+                },
+            )
+        )
+    # Only what the transitions change (not every column, with its encrypted ones).
+    prescription.save(update_fields=sorted(fields))
+    PrescriptionEvent.objects.bulk_create(events)
+    audit_records(entries, meta=meta)
+    with push.together():  # who to tell is looked up once for all the moves
+        for event in events:
+            # The order (opened on approval, closed or refunded) and then the regulator
+            # record, in this same transaction, so the record carries the money
+            # (delivered after commit).
+            billing.after_transition(prescription, event)
+            reporting.report_transition(prescription, event)
+            push.after_change(prescription, event, status=event.to_status)
+    return events
 
 
 def _state_error(prescription: Prescription, action: str) -> DomainError:
@@ -687,19 +723,16 @@ def _sign(
             doctor_certificate=signature.certificate,
             signed_at=signature.signed_at,
         )
-        with push.together():  # who to tell is looked up once for both changes
-            _transition(
-                prescription,
-                "sign",
-                actor=user,
-                meta=meta,
-                changes={"issued_at": issued_at, "valid_until": valid_until},
-                data={
-                    "certificate_serial": signature.certificate.serial_number,
-                    "signature_sha256": signature.value_sha256,
-                },
-            )
-            _transition(prescription, "submit", actor=None, meta=meta)
+        sign = Step(
+            "sign",
+            actor=user,
+            changes={"issued_at": issued_at, "valid_until": valid_until},
+            data={
+                "certificate_serial": signature.certificate.serial_number,
+                "signature_sha256": signature.value_sha256,
+            },
+        )
+        _transitions(prescription, [sign, Step("submit", actor=None)], meta=meta)
     return prescription
 
 

@@ -28,7 +28,7 @@ pytestmark = [
 #: Statements per request (the transaction's BEGIN/COMMIT and savepoints not counted).
 BUDGET = {
     "create": 17,
-    "sign": 22,
+    "sign": 20,
     "approve": 26,
     "code": 6,
     "claim": 14,

@@ -66,31 +66,45 @@ def event_hash(event: AuditEvent) -> str:
 
 
 @functools.cache
-def _append_statements(vendor: str) -> tuple[str, str]:
-    """The append's SQL, built once per process: the ORM would compile the same INSERT
-    of fourteen columns for every event, which cost more than running it."""
+def _append_statements(vendor: str, count: int) -> tuple[str, str]:
+    """The SQL to append ``count`` events, built once per process and count: the ORM
+    would compile the same INSERT of fourteen columns for every event, which cost more
+    than running it."""
     qn = connection.ops.quote_name
     events, head = qn(AuditEvent._meta.db_table), qn(AuditChainHead._meta.db_table)
     columns = ", ".join(qn(f.column) for f in _EVENT_FIELDS)
-    values = ", ".join(["%s"] * len(_EVENT_FIELDS))
-    # Locks the head row and takes the next seq in one statement; a writer that waited
+    row = "(" + ", ".join(["%s"] * len(_EVENT_FIELDS)) + ")"
+    values = ", ".join([row] * count)
+    # Locks the head row and takes the next seqs in one statement; a writer that waited
     # for the lock re-reads the committed head (READ COMMITTED), so seqs stay gap-free.
     # Names come from model metadata, values are parameters.
     claim = (
-        f"UPDATE {head} SET last_seq = last_seq + 1 WHERE name = %s "  # noqa: S608
+        f"UPDATE {head} SET last_seq = last_seq + %s WHERE name = %s "  # noqa: S608
         "RETURNING last_seq, last_hash"
     )
-    if vendor == "postgresql":  # the insert and the head's new hash in one round trip
+    if vendor == "postgresql":  # the inserts and the head's new hash in one round trip
         write = (
-            f"WITH e AS (INSERT INTO {events} ({columns}) VALUES ({values}) RETURNING hash) "  # noqa: S608
-            f"UPDATE {head} SET last_hash = (SELECT hash FROM e) WHERE name = %s"
+            f"WITH e AS (INSERT INTO {events} ({columns}) VALUES {values}) "  # noqa: S608
+            f"UPDATE {head} SET last_hash = %s WHERE name = %s"
         )
     else:
-        write = f"INSERT INTO {events} ({columns}) VALUES ({values})"  # noqa: S608
+        write = f"INSERT INTO {events} ({columns}) VALUES {values}"  # noqa: S608
     return claim, write
 
 
 _EVENT_FIELDS = tuple(AuditEvent._meta.concrete_fields)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event to append (``audit_records``); ``actor`` is an account or None."""
+
+    action: str
+    actor: Any = None
+    object_type: str = ""
+    object_id: Any = ""
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
 
 
 def audit_record(
@@ -108,41 +122,62 @@ def audit_record(
     ``actor`` is an account (or None for the system). Call it last in a service, so that
     the chain head's row lock is held for as short a time as possible.
     """
+    entry = AuditEntry(action, actor, object_type, object_id, before, after)
+    return audit_records([entry], meta=meta)[0]
+
+
+def audit_records(
+    entries: list[AuditEntry], *, meta: RequestMeta | None = None
+) -> list[AuditEvent]:
+    """Append several events in order, in the caller's transaction, with one lock of the
+    chain head and one write (a change made of two steps, such as signing and submitting
+    for review, is two events)."""
+    if not entries:
+        return []
     meta = meta or RequestMeta()
-    claim, write = _append_statements(connection.vendor)
+    claim, write = _append_statements(connection.vendor, len(entries))
     # No savepoint of its own: an append that fails fails the caller's transaction.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        cursor.execute(claim, [CHAIN])
-        row = cursor.fetchone()
-        if row is None:  # the first event ever: make the head, then claim from it
+        cursor.execute(claim, [len(entries), CHAIN])
+        head = cursor.fetchone()
+        if head is None:  # the first event ever: make the head, then claim from it
             AuditChainHead.objects.get_or_create(name=CHAIN)
-            cursor.execute(claim, [CHAIN])
-            row = cursor.fetchone()
-        seq, prev_hash = row
-        event = AuditEvent(
-            seq=seq,
-            occurred_at=timezone.now(),
-            actor_id=str(actor.pk) if actor is not None else "",
-            actor_repr=(str(actor)[:200] if actor is not None else "system"),
-            actor_role=getattr(actor, "role", "") if actor is not None else "system",
-            action=action,
-            object_type=object_type,
-            object_id=str(object_id),
-            before=_jsonable(before),
-            after=_jsonable(after),
-            ip=meta.ip,
-            user_agent=meta.user_agent[:300],
-            prev_hash=prev_hash,
-        )
-        event.hash = event_hash(event)
-        values = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in _EVENT_FIELDS]
+            cursor.execute(claim, [len(entries), CHAIN])
+            head = cursor.fetchone()
+        last_seq, prev_hash = head
+        now = timezone.now()
+        events: list[AuditEvent] = []
+        values: list[Any] = []
+        for seq, entry in enumerate(entries, start=last_seq - len(entries) + 1):
+            actor = entry.actor
+            event = AuditEvent(
+                seq=seq,
+                occurred_at=now,
+                actor_id=str(actor.pk) if actor is not None else "",
+                actor_repr=(str(actor)[:200] if actor is not None else "system"),
+                actor_role=getattr(actor, "role", "") if actor is not None else "system",
+                action=entry.action,
+                object_type=entry.object_type,
+                object_id=str(entry.object_id),
+                before=_jsonable(entry.before),
+                after=_jsonable(entry.after),
+                ip=meta.ip,
+                user_agent=meta.user_agent[:300],
+                prev_hash=prev_hash,
+            )
+            event.hash = prev_hash = event_hash(event)
+            values += [
+                f.get_db_prep_save(getattr(event, f.attname), connection) for f in _EVENT_FIELDS
+            ]
+            events.append(event)
         if connection.vendor == "postgresql":
-            cursor.execute(write, [*values, CHAIN])
+            cursor.execute(write, [*values, prev_hash, CHAIN])
         else:
             cursor.execute(write, values)
-            AuditChainHead.objects.filter(name=CHAIN).update(last_hash=event.hash)
-    event._state.adding = False
-    return event
+            AuditChainHead.objects.filter(name=CHAIN).update(last_hash=prev_hash)
+    for event in events:
+        event._state.adding = False
+    return events
 
 
 @dataclass(frozen=True)
