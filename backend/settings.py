@@ -240,10 +240,10 @@ if REDIS_URL:
     }
     CACHES: dict[str, Any] = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "backend.redis_pool.SharedClientRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ih"),
-            # One pool per process, not one per request (backend/redis_pool.py).
+            # One pool and one client per process, not per request (backend/redis_pool.py).
             "OPTIONS": {"pool_class": "backend.redis_pool.SharedConnectionPool"},
         }
     }
