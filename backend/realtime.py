@@ -49,11 +49,22 @@ def _server_loop_running() -> bool:
 
 def group_send(group: str, message: dict[str, Any]) -> None:
     """Send ``message`` to ``group``; raises what the layer raises (callers log it)."""
+    group_send_many([(group, message)])
+
+
+def group_send_many(sends: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send each ``(group, message)`` in order, with one trip to the event loop for all
+    of them (each trip from a request thread costs a thread hop each way)."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not sends:
         return
+
+    async def send_all() -> None:
+        for group, message in sends:
+            await layer.group_send(group, message)
+
     if isinstance(layer, InMemoryChannelLayer) or _server_loop_running():
-        async_to_sync(layer.group_send)(group, message)
+        async_to_sync(send_all)()
         return
-    future = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), _background_loop())
+    future = asyncio.run_coroutine_threadsafe(send_all(), _background_loop())
     future.result(timeout=SEND_TIMEOUT_SECONDS)

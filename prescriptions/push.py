@@ -20,7 +20,7 @@ from django.db import transaction
 
 from backend.notifications.services import notify_if_away
 from backend.organisations.models import PharmacyStaff, Practitioner, PractitionerKind
-from backend.realtime import group_send
+from backend.realtime import group_send_many
 from consultations.push import console_user_group
 from prescriptions.models import Prescription, PrescriptionEvent, PrescriptionStatus
 
@@ -132,16 +132,16 @@ def _recipients(change: _Change) -> set[Any]:
 def _deliver(changes: list[_Change]) -> None:
     layer = get_channel_layer()
     if layer is not None:
-        recipients: set[Any] | None = None
-        for change in changes:
-            # Changes told together are of one prescription, in order; the last one's
-            # audience (status, pharmacy) is everyone who needs to hear any of them.
-            if recipients is None:
-                recipients = _recipients(changes[-1])
-            for user_id in sorted(recipients, key=str):
-                group_send(
-                    console_user_group(user_id), {"type": "console.event", "frame": change.frame}
-                )
+        # Changes told together are of one prescription, in order; the last one's
+        # audience (status, pharmacy) is everyone who needs to hear any of them.
+        recipients = sorted(_recipients(changes[-1]), key=str)
+        group_send_many(
+            [
+                (console_user_group(user_id), {"type": "console.event", "frame": change.frame})
+                for change in changes
+                for user_id in recipients
+            ]
+        )
     for change in changes:
         if change.action in PATIENT_NOTICES:
             notify_if_away(

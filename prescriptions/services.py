@@ -199,14 +199,17 @@ def _state_error(prescription: Prescription, action: str) -> DomainError:
 # --- Who may act ----------------------------------------------------------------------------
 
 
-def _practitioner(user: User, kind: str) -> Practitioner:
+def _practitioner(
+    user: User, kind: str, related: tuple[str, ...] = ("hospital", "department")
+) -> Practitioner:
+    """The account's practitioner record of ``kind``, with the ``related`` rows the
+    caller reads (each join costs its compilation on every request)."""
     practitioner = (
-        Practitioner.objects.select_related("hospital", "user", "department")
-        .filter(user=user, kind=kind)
-        .first()
+        Practitioner.objects.select_related(*related).filter(user=user, kind=kind).first()
     )
     if practitioner is None:
         raise DomainError("permission_denied", f"Only a {kind} can do this.")
+    practitioner.user = user  # the account in hand, not a second copy of its row
     return practitioner
 
 
@@ -239,7 +242,7 @@ def _treating(consultation: Consultation, doctor: Practitioner) -> None:
 
 
 def _pharmacist_of(user: User, prescription: Prescription) -> Practitioner:
-    pharmacist = _practitioner(user, PractitionerKind.PHARMACIST)
+    pharmacist = _practitioner(user, PractitionerKind.PHARMACIST, related=())
     if pharmacist.hospital_id != prescription.hospital_id:
         raise DomainError("not_your_review")
     return pharmacist
@@ -644,7 +647,8 @@ def prescription_sign(
 ) -> Prescription:
     """The doctor's signing act: their own second factor, then a signature over the
     canonical content; the prescription goes to the pharmacists' review queue."""
-    doctor = _practitioner(user, PractitionerKind.DOCTOR)
+    # The signed content names the doctor from the locked prescription's own joins.
+    doctor = _practitioner(user, PractitionerKind.DOCTOR, related=())
     act = signing_act_authorise(
         user=user,
         otp=otp,
