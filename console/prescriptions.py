@@ -160,7 +160,10 @@ class PrescriptionsApi(ListApiView):
             diagnoses=[dict(d) for d in v.get("diagnoses", [])] or None,
             meta=RequestMeta.from_request(request),
         )
-        return Response(_detail(request, draft.prescription.pk, draft.checks), status=201)
+        return Response(
+            _detail(request, draft.prescription.pk, draft.checks, acted_on=draft.prescription),
+            status=201,
+        )
 
 
 class PrescriptionDetailApi(ApiView):

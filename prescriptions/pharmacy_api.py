@@ -55,8 +55,8 @@ class IsPharmacyStaff(BasePermission):
 def _for_pharmacy(
     request: Request, prescription_id: UUID | str, *, acted_on: Prescription | None = None
 ) -> dict[str, Any]:
-    """The pharmacy's view. ``acted_on``: the instance the claim service just changed for
-    this pharmacy under its row lock, so the answer does not read it again."""
+    """The pharmacy's view. ``acted_on``: the instance a service (claim, dispense) just
+    changed for this pharmacy under its row lock, so the answer does not read it again."""
     prescription = acted_on or prescription_for_pharmacy(
         user=request_account(request), prescription_id=prescription_id, touch=False
     )
@@ -147,7 +147,7 @@ class DispenseApi(ApiView):
         data = DispenseInput(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        prescription_dispense(
+        dispensed = prescription_dispense(
             user=request_account(request),
             prescription_id=prescription_id,
             claim_secret=v["claim_secret"],
@@ -159,7 +159,7 @@ class DispenseApi(ApiView):
             pharmacist_licence=v["pharmacist"]["licence_number"],
             meta=RequestMeta.from_request(request),
         )
-        return Response(_for_pharmacy(request, prescription_id))
+        return Response(_for_pharmacy(request, prescription_id, acted_on=dispensed))
 
 
 class ReleaseApi(ApiView):

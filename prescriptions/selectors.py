@@ -102,6 +102,8 @@ def version_current(*, prescription: Prescription) -> PrescriptionVersion | None
     in_hand = prescription.current_version_in_hand()
     if in_hand is not None:
         return in_hand
+    if prescription.status == PrescriptionStatus.DRAFT:
+        return None  # a version is written when it is signed (a revision opens a new one)
     return (
         PrescriptionVersion.objects.select_related(
             "doctor_certificate__authority",

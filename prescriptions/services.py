@@ -414,9 +414,25 @@ def _diagnoses(consultation: Consultation, given: list[dict[str, Any]] | None) -
     return [{"icd10": prior.icd10_code, "name": prior.icd10_name, "main": True}]
 
 
-def _write_lines(prescription: Prescription, drafts: list[rules.LineDraft]) -> None:
-    prescription.lines.all().delete()
-    PrescriptionLine.objects.bulk_create(
+def _total(drafts: list[rules.LineDraft]) -> int:
+    return sum(d.drug.unit_price * d.quantity for d in drafts)
+
+
+def _hold_lines(prescription: Prescription, lines: list[PrescriptionLine]) -> None:
+    """Keep ``lines`` (with their drugs) as the prescription's prefetched lines, as
+    ``_prefetch_lines`` would after reading them back, for the rest of the request."""
+    held = {**getattr(prescription, "_prefetched_objects_cache", {}), "lines": lines}
+    setattr(prescription, "_prefetched_objects_cache", held)  # noqa: B010 - Django's own slot
+
+
+def _write_lines(
+    prescription: Prescription, drafts: list[rules.LineDraft], *, fresh: bool = False
+) -> None:
+    """The draft's lines replaced by ``drafts`` (``fresh``: a new prescription, which has
+    none yet and was created with its total)."""
+    if not fresh:
+        prescription.lines.all().delete()
+    lines = PrescriptionLine.objects.bulk_create(
         PrescriptionLine(
             prescription=prescription,
             position=n,
@@ -435,8 +451,10 @@ def _write_lines(prescription: Prescription, drafts: list[rules.LineDraft]) -> N
         )
         for n, d in enumerate(drafts, 1)
     )
-    prescription.total = sum(d.drug.unit_price * d.quantity for d in drafts)
-    prescription.save(update_fields=["total", "updated_at"])
+    _hold_lines(prescription, lines)
+    if not fresh:
+        prescription.total = _total(drafts)
+        prescription.save(update_fields=["total", "updated_at"])
 
 
 def prescription_create(
@@ -475,9 +493,10 @@ def prescription_create(
     with transaction.atomic():
         prescription = Prescription.objects.create(
             consultation=consultation,
-            hospital_id=consultation.hospital_id,
+            hospital=doctor.hospital,  # the consultation's: it was found in the doctor's
             profile=consultation.profile,
             doctor=doctor,
+            total=_total(drafts),
             diagnoses=_diagnoses(consultation, diagnoses),
             validity_days=validity_days,
             chronic_reason=chronic_reason.strip(),
@@ -485,7 +504,7 @@ def prescription_create(
             specialist=specialist,
             access_code=secrets.token_urlsafe(16),
         )
-        _write_lines(prescription, drafts)
+        _write_lines(prescription, drafts, fresh=True)
         event = PrescriptionEvent.objects.create(
             prescription=prescription,
             action="create",
@@ -1228,6 +1247,8 @@ def prescription_dispense(
             raise DomainError("cancel_pending")
         if prescription.status != S.CLAIMED:
             raise _state_error(prescription, "dispense")
+        prescription.claimed_by = staff.pharmacy  # checked just above: the same row
+        _prefetch_lines(prescription)  # the ledger's, the receipt's and the answer's lines
         lines = {line.position: line for line in prescription.lines.all()}
         wanted: dict[int, int] = {}
         errors: dict[str, list[str]] = {}
@@ -1268,6 +1289,7 @@ def prescription_dispense(
             PrescriptionLine.objects.filter(pk=lines[position].pk).update(
                 dispensed_quantity=F("dispensed_quantity") + quantity
             )
+            lines[position].dispensed_quantity += quantity  # as stored: the row is locked
         version = _current_version(prescription)
         content = receipt(
             version=version,

@@ -27,12 +27,12 @@ pytestmark = [
 
 #: Statements per request (the transaction's BEGIN/COMMIT and savepoints not counted).
 BUDGET = {
-    "create": 17,
+    "create": 11,
     "sign": 20,
     "approve": 26,
     "code": 6,
     "claim": 14,
-    "dispense": 23,
+    "dispense": 18,
 }
 
 

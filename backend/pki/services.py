@@ -541,9 +541,20 @@ def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
     return certificate
 
 
+#: How long a seal certificate read for a ``Hospital`` instance is reused by that same
+#: instance: a request that seals twice (a dispense receipt and its regulator record)
+#: reads it once; an instance kept longer reads it again.
+_SEAL_REUSE_SECONDS = 5.0
+
+
 def seal_sign(*, hospital: Hospital, data: bytes) -> Signature:
     """The institution's seal over ``data`` (receipts, regulator payloads); not personal."""
-    certificate = seal_certificate(hospital=hospital)
+    held: tuple[SigningCertificate, float] | None = getattr(hospital, "_seal_in_hand", None)
+    if held is not None and time.monotonic() - held[1] < _SEAL_REUSE_SECONDS:
+        certificate = held[0]
+    else:
+        certificate = seal_certificate(hospital=hospital)
+        setattr(hospital, "_seal_in_hand", (certificate, time.monotonic()))  # noqa: B010
     value = signer().sign(certificate=certificate, data=data)
     return Signature(
         algorithm=certificate.algorithm,
