@@ -23,7 +23,13 @@ from django.db.models import Count, F, Prefetch, Q, prefetch_related_objects
 from django.utils import timezone
 
 from backend.api.problems import DomainError
-from backend.audit.services import AuditEntry, RequestMeta, audit_record, audit_records
+from backend.audit.services import (
+    AuditEntry,
+    RequestMeta,
+    audit_record,
+    audit_records,
+    audit_together,
+)
 from backend.identity.models import User
 from backend.organisations.models import (
     Pharmacy,
@@ -165,8 +171,10 @@ def _transitions(
     # Only what the transitions change (not every column, with its encrypted ones).
     prescription.save(update_fields=sorted(fields))
     PrescriptionEvent.objects.bulk_create(events)
-    audit_records(entries, meta=meta)
-    with push.together():  # who to tell is looked up once for all the moves
+    # One append for the moves' events and those of what follows them (the order an
+    # approval opens), and one lookup of who to tell.
+    with audit_together(), push.together():
+        audit_records(entries, meta=meta)
         for event in events:
             # The order (opened on approval, closed or refunded) and then the regulator
             # record, in this same transaction, so the record carries the money

@@ -10,7 +10,14 @@ from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from backend.audit.models import AuditEvent
-from backend.audit.services import RequestMeta, audit_chain_verify, audit_record
+from backend.audit.services import (
+    AuditEntry,
+    RequestMeta,
+    audit_chain_verify,
+    audit_record,
+    audit_records,
+    audit_together,
+)
 from tests.conftest import uses_postgres
 
 pytestmark = pytest.mark.django_db
@@ -143,3 +150,48 @@ def test_rows_removed_from_the_end_are_found_through_the_chain_head(doctor):
     assert report.first_break is not None
     assert report.first_break.seq == events[2].seq
     assert "removed from the end" in report.first_break.reason
+
+
+def test_events_recorded_together_are_appended_at_the_end_in_order(doctor):
+    before = AuditEvent.objects.count()
+    with transaction.atomic():
+        with audit_together():
+            first = audit_record(action="prescription.approve", actor=doctor, object_id="p-1")
+            with audit_together():  # a service inside another: appended with the outer
+                audit_record(action="order.create", object_type="order", object_id="o-1")
+            audit_records(
+                [AuditEntry(action="prescription.note", actor=doctor, object_id="p-1")],
+                meta=RequestMeta(ip="10.9.8.7", user_agent="console"),
+            )
+            assert first is None
+            assert AuditEvent.objects.count() == before  # nothing written yet
+        assert AuditEvent.objects.count() == before + 3
+    events = list(AuditEvent.objects.order_by("seq"))[-3:]
+    assert [e.action for e in events] == [
+        "prescription.approve",
+        "order.create",
+        "prescription.note",
+    ]
+    assert [e.actor_role for e in events] == ["doctor", "system", "doctor"]
+    assert events[2].ip == "10.9.8.7"
+    assert events[0].ip is None
+    assert [events[1].seq - events[0].seq, events[2].seq - events[1].seq] == [1, 1]
+    assert events[1].prev_hash == events[0].hash
+    assert events[2].prev_hash == events[1].hash
+    assert audit_chain_verify().ok
+
+
+def test_a_block_that_raises_appends_nothing(doctor):
+    _write_events(doctor, 1)
+    before = AuditEvent.objects.count()
+
+    def failing_change() -> None:
+        with transaction.atomic(), audit_together():
+            audit_record(action="prescription.approve", actor=doctor, object_id="p-2")
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        failing_change()
+    assert AuditEvent.objects.count() == before
+    _write_events(doctor, 1)  # the chain goes on without a gap
+    assert audit_chain_verify().ok

@@ -29,7 +29,7 @@ pytestmark = [
 BUDGET = {
     "create": 11,
     "sign": 20,
-    "approve": 26,
+    "approve": 24,
     "code": 6,
     "claim": 14,
     "dispense": 18,

@@ -6,8 +6,10 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import rfc8785
@@ -97,7 +99,8 @@ _EVENT_FIELDS = tuple(AuditEvent._meta.concrete_fields)
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One event to append (``audit_records``); ``actor`` is an account or None."""
+    """One event to append (``audit_records``); ``actor`` is an account or None;
+    ``meta``: where it came from, if not the ``meta`` given to ``audit_records``."""
 
     action: str
     actor: Any = None
@@ -105,6 +108,29 @@ class AuditEntry:
     object_id: Any = ""
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    meta: RequestMeta | None = None
+
+
+_held = threading.local()
+
+
+@contextmanager
+def audit_together() -> Iterator[None]:
+    """Events recorded inside the block, by any service, are appended together when it
+    ends: one lock of the chain head and one write instead of one per event (approving
+    a prescription also opens its order). Use it inside the transaction of the change;
+    if the block raises nothing is appended (the transaction rolls back anyway). Nested
+    blocks append with the outermost."""
+    if getattr(_held, "entries", None) is not None:
+        yield
+        return
+    entries: list[AuditEntry] = []
+    _held.entries = entries
+    try:
+        yield
+    finally:
+        _held.entries = None
+    audit_records(entries)
 
 
 def audit_record(
@@ -116,14 +142,16 @@ def audit_record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
     meta: RequestMeta | None = None,
-) -> AuditEvent:
-    """Append one event to the chain, inside the caller's transaction.
+) -> AuditEvent | None:
+    """Append one event to the chain, inside the caller's transaction; the event, or
+    None when it waits for the end of an ``audit_together`` block.
 
     ``actor`` is an account (or None for the system). Call it last in a service, so that
     the chain head's row lock is held for as short a time as possible.
     """
-    entry = AuditEntry(action, actor, object_type, object_id, before, after)
-    return audit_records([entry], meta=meta)[0]
+    entry = AuditEntry(action, actor, object_type, object_id, before, after, meta)
+    appended = audit_records([entry])
+    return appended[0] if appended else None
 
 
 def audit_records(
@@ -131,10 +159,15 @@ def audit_records(
 ) -> list[AuditEvent]:
     """Append several events in order, in the caller's transaction, with one lock of the
     chain head and one write (a change made of two steps, such as signing and submitting
-    for review, is two events)."""
+    for review, is two events). Inside ``audit_together`` they wait for its end (and
+    the list returned is empty)."""
+    held: list[AuditEntry] | None = getattr(_held, "entries", None)
+    if held is not None:
+        held.extend(e if e.meta or not meta else replace(e, meta=meta) for e in entries)
+        return []
     if not entries:
         return []
-    meta = meta or RequestMeta()
+    default_meta = meta or RequestMeta()
     claim, write = _append_statements(connection.vendor, len(entries))
     # No savepoint of its own: an append that fails fails the caller's transaction.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
@@ -150,6 +183,7 @@ def audit_records(
         values: list[Any] = []
         for seq, entry in enumerate(entries, start=last_seq - len(entries) + 1):
             actor = entry.actor
+            where = entry.meta or default_meta
             event = AuditEvent(
                 seq=seq,
                 occurred_at=now,
@@ -161,8 +195,8 @@ def audit_records(
                 object_id=str(entry.object_id),
                 before=_jsonable(entry.before),
                 after=_jsonable(entry.after),
-                ip=meta.ip,
-                user_agent=meta.user_agent[:300],
+                ip=where.ip,
+                user_agent=where.user_agent[:300],
                 prev_hash=prev_hash,
             )
             event.hash = prev_hash = event_hash(event)
