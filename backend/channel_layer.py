@@ -6,8 +6,13 @@ that grows with the open sockets and is paid per message. With 2,000 sockets (1,
 consultations) the sweeps cost more than the rest of a message's delivery, for the
 relay and the chat alike. Here the sweep runs at most once per ``sweep_interval``
 seconds; what it removes (messages older than ``expiry``, memberships older than
-``group_expiry``) is removed at most that much later. Everything else is Channels'
-layer unchanged. Measured in docs/chat.md ("The embedded default").
+``group_expiry``) is removed at most that much later.
+
+``group_expiry`` defaults to ten years instead of Channels' one day: in one process a
+socket leaves its groups when it closes (``disconnect`` always runs), so there is no
+crashed peer to forget, and a doctor's console left open overnight must not stop
+hearing its queue after 24 hours. Everything else is Channels' layer unchanged.
+Measured in docs/chat.md ("The embedded default").
 """
 
 from __future__ import annotations
@@ -19,8 +24,14 @@ from channels.layers import InMemoryChannelLayer
 
 
 class SweepingInMemoryChannelLayer(InMemoryChannelLayer):
-    def __init__(self, *args: Any, sweep_interval: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        *args: Any,
+        sweep_interval: float = 1.0,
+        group_expiry: int = 10 * 365 * 86400,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, group_expiry=group_expiry, **kwargs)
         self.sweep_interval = sweep_interval
         self._swept_at = 0.0
 

@@ -249,7 +249,8 @@ if REDIS_URL:
     }
 else:
     # Channels' in-memory layer, sweeping expired entries once a second instead of on
-    # every message (backend/channel_layer.py).
+    # every message, and keeping a socket in its groups for as long as it is open
+    # (backend/channel_layer.py).
     CHANNEL_LAYERS = {"default": {"BACKEND": "backend.channel_layer.SweepingInMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

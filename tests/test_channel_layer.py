@@ -5,6 +5,10 @@ message. What a sweep removes must still be removed, at most one interval late."
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+
+import time_machine
+from channels.layers import InMemoryChannelLayer
 
 from backend.channel_layer import SweepingInMemoryChannelLayer
 
@@ -58,3 +62,22 @@ async def test_an_interval_of_zero_sweeps_on_every_call_like_channels() -> None:
     await layer.send(channel, {"type": "m"})
     await asyncio.sleep(0.03)
     assert await _receives(layer, channel) is None
+
+
+async def test_a_socket_open_for_days_stays_in_its_groups() -> None:
+    layer = SweepingInMemoryChannelLayer()
+    console = await layer.new_channel()
+    await layer.group_add("doctor-queue", console)
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(days=3), tick=True):
+        await layer.group_send("doctor-queue", {"type": "m", "n": "new request"})
+        assert (await _receives(layer, console)) == {"type": "m", "n": "new request"}
+
+
+async def test_channels_own_layer_would_have_dropped_it() -> None:
+    """The control: Channels' default forgets members after a day."""
+    layer = InMemoryChannelLayer()
+    console = await layer.new_channel()
+    await layer.group_add("doctor-queue", console)
+    with time_machine.travel(dt.datetime.now(dt.UTC) + dt.timedelta(days=3), tick=True):
+        await layer.group_send("doctor-queue", {"type": "m"})
+        assert await _receives(layer, console) is None
