@@ -183,29 +183,20 @@ def _open_statuses(sender: User) -> list[str]:
     return sorted(OPEN_FOR_MESSAGES)
 
 
-def _send_text_postgresql(
-    *, consultation_id: UUID | str, sender: User, client_msg_id: UUID, text: str, publish: bool
-) -> Sent | None:
-    """The one-statement path (see ``_SEND_SQL``); None when it stored nothing."""
+def _store_text_postgresql(message: Message, sender: User) -> list[str] | None:
+    """The one-statement path (see ``_SEND_SQL``): sets ``message.seq`` and answers the
+    participants to notify (no live socket); None when it stored nothing."""
     import psycopg  # only on PostgreSQL
 
-    message = Message(
-        id=uuid4(),
-        consultation_id=consultation_id,
-        sender=sender,
-        kind=MessageKind.TEXT,
-        text=text,
-        client_msg_id=client_msg_id,
-        created_at=timezone.now(),
-    )
+    consultation_id = message.consultation_id
     params: dict[str, Any] = {
         "consultation": str(consultation_id),
         "statuses": _open_statuses(sender),
         "sender": sender.pk,
         "id": message.pk,
         "kind": message.kind,
-        "text": text,
-        "client_msg_id": client_msg_id,
+        "text": message.text,
+        "client_msg_id": message.client_msg_id,
         "now": message.created_at,
         "topic": f"consultation:{consultation_id}",
         "fresh_since": message.created_at - dt.timedelta(seconds=settings.PRESENCE_TTL_SECONDS),
@@ -224,11 +215,7 @@ def _send_text_postgresql(
     if row is None:
         return None
     message.seq, account_id, doctor_user_id, present = row
-    message._state.adding = False
-    message._state.db = connection.alias
-    away = [str(u) for u in (account_id, doctor_user_id) if u not in (None, sender.pk, *present)]
-    event = _after_commit(consultation_id, message, away, publish=publish)
-    return Sent(message, created=True, event=None if publish else event)
+    return [str(u) for u in (account_id, doctor_user_id) if u not in (None, sender.pk, *present)]
 
 
 #: SQLite (the embedded default): the same work in three statements of one IMMEDIATE
@@ -257,24 +244,15 @@ WHERE topic = %s AND heartbeat_at >= %s AND user_id IN (%s, %s)
 """
 
 
-def _send_text_sqlite(
-    *, consultation_id: UUID | str, sender: User, client_msg_id: UUID, text: str, publish: bool
-) -> Sent | None:
-    """The three-statement path (see ``_SQLITE_CLAIM_SQL``); None when it stored nothing."""
-    message = Message(
-        id=uuid4(),
-        consultation_id=consultation_id,
-        sender=sender,
-        kind=MessageKind.TEXT,
-        text=text,
-        client_msg_id=client_msg_id,
-        created_at=timezone.now(),
-    )
+def _store_text_sqlite(message: Message, sender: User) -> list[str] | None:
+    """The three-statement path (see ``_SQLITE_CLAIM_SQL``): sets ``message.seq`` and
+    answers the participants to notify; None when it stored nothing."""
     uuid_of = Message._meta.pk.get_db_prep_value
     user_of = User._meta.pk.get_db_prep_value
     statuses = _open_statuses(sender)
-    consultation_key = uuid_of(consultation_id, connection)
+    consultation_key = uuid_of(message.consultation_id, connection)
     sender_key = user_of(sender.pk, connection)
+    fresh_since = message.created_at - dt.timedelta(seconds=settings.PRESENCE_TTL_SECONDS)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             _SQLITE_CLAIM_SQL.format(statuses=", ".join(["%s"] * len(statuses))),
@@ -292,31 +270,56 @@ def _send_text_sqlite(
                 message.seq,
                 sender_key,
                 message.kind,
-                text,
-                uuid_of(client_msg_id, connection),
+                message.text,
+                uuid_of(message.client_msg_id, connection),
                 connection.ops.adapt_datetimefield_value(message.created_at),
             ],
         )
-        fresh_since = message.created_at - dt.timedelta(seconds=settings.PRESENCE_TTL_SECONDS)
         cursor.execute(
             _SQLITE_PRESENT_SQL,
             [
-                f"consultation:{consultation_id}",
+                f"consultation:{message.consultation_id}",
                 connection.ops.adapt_datetimefield_value(fresh_since),
                 account_key,
                 doctor_user_key,
             ],
         )
         present = {row[0] for row in cursor.fetchall()}
-        message._state.adding = False
-        message._state.db = connection.alias
-        to_pk = User._meta.pk.to_python
-        away = [
-            str(to_pk(key))
-            for key in (account_key, doctor_user_key)
-            if key is not None and key != sender_key and key not in present
-        ]
-        event = _after_commit(consultation_id, message, away, publish=publish)
+    to_pk = User._meta.pk.to_python
+    return [
+        str(to_pk(key))
+        for key in (account_key, doctor_user_key)
+        if key is not None and key != sender_key and key not in present
+    ]
+
+
+#: The short paths for a text message, by database vendor (others take the general one).
+_STORE_TEXT = {"postgresql": _store_text_postgresql, "sqlite": _store_text_sqlite}
+
+
+def _send_text(
+    *, consultation_id: UUID | str, sender: User, client_msg_id: UUID, text: str, publish: bool
+) -> Sent | None:
+    """A text message through its database's short path; None when that path stored
+    nothing (not open, not a participant, no such consultation, or no short path)."""
+    store = _STORE_TEXT.get(connection.vendor)
+    if store is None:
+        return None
+    message = Message(
+        id=uuid4(),
+        consultation_id=consultation_id,
+        sender=sender,
+        kind=MessageKind.TEXT,
+        text=text,
+        client_msg_id=client_msg_id,
+        created_at=timezone.now(),
+    )
+    away = store(message, sender)
+    if away is None:
+        return None
+    message._state.adding = False
+    message._state.db = connection.alias
+    event = _after_commit(consultation_id, message, away, publish=publish)
     return Sent(message, created=True, event=None if publish else event)
 
 
@@ -374,18 +377,8 @@ def message_send(
     # A repeated client_msg_id (a resend after a reconnect) is found by the unique
     # constraint on insert, which rolls the seq back; no read is spent on the usual case.
     try:
-        if kind == MessageKind.TEXT and connection.vendor == "postgresql":
-            sent = _send_text_postgresql(
-                consultation_id=consultation_id,
-                sender=sender,
-                client_msg_id=client_msg_id,
-                text=text,
-                publish=publish,
-            )
-            if sent is not None:
-                return sent
-        elif kind == MessageKind.TEXT and connection.vendor == "sqlite":
-            sent = _send_text_sqlite(
+        if kind == MessageKind.TEXT:
+            sent = _send_text(
                 consultation_id=consultation_id,
                 sender=sender,
                 client_msg_id=client_msg_id,
