@@ -214,6 +214,16 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_b
         "max_size": env_int("DATABASE_POOL_MAX_SIZE", 24),
         "timeout": 10,
     }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+    "DATABASE_PREPARED_STATEMENTS", True
+):
+    # Parameters bound by the server, and a statement run twice on a connection is
+    # prepared (psycopg): PostgreSQL then skips parsing and planning it. This halves the
+    # database's CPU on the prescription path (docs/prescription-signing.md). Set 0 behind
+    # a pooler that cannot keep prepared statements (PgBouncer in transaction mode < 1.21).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=2
+    )
 #: Threads that run the sync part of HTTP requests under Daphne (backend/http_threads.py):
 #: at most this many sync views at once, on threads reused from request to request.
 HTTP_SYNC_THREADS = env_int("HTTP_SYNC_THREADS", 8)
