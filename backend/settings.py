@@ -229,6 +229,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_boo
 HTTP_SYNC_THREADS = env_int("HTTP_SYNC_THREADS", 8)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "identity.User"
+#: Django's model backend and database sessions, each with its per-request read compiled
+#: once (backend/identity/backends.py, backend/identity/session_store.py).
+AUTHENTICATION_BACKENDS = ["backend.identity.backends.AccountBackend"]
+SESSION_ENGINE = "backend.identity.session_store"
 
 # --- Redis, channel layer, cache, Celery -------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -281,7 +281,7 @@ def _seed(spec: dict[str, int]) -> dict[str, Any]:
     def session(user: User) -> dict[str, str]:
         store = engine.SessionStore()
         store[SESSION_KEY] = str(user.pk)
-        store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        store[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
         store[HASH_SESSION_KEY] = user.get_session_auth_hash()
         store[SESSION_VERIFIED] = True
         store.create()

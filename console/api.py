@@ -44,7 +44,7 @@ class ConsoleLoginThrottle(SimpleRateThrottle):
 
 
 def _complete_login(request: Request, user: User) -> None:
-    login(request._request, user, backend="django.contrib.auth.backends.ModelBackend")
+    login(request._request, user, backend="backend.identity.backends.AccountBackend")
     request._request.session[SESSION_VERIFIED] = True
     audit_record(
         action="auth.console_login",

@@ -18,6 +18,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from backend.compiled_queries import CompiledQuery
 from backend.notifications.services import notify_if_away
 from backend.organisations.models import PharmacyStaff, Practitioner, PractitionerKind
 from backend.realtime import group_send_many
@@ -111,21 +112,27 @@ def after_change(
         transaction.on_commit(lambda: _deliver([change]))
 
 
+_PHARMACISTS_ON_DUTY = CompiledQuery(
+    lambda p: Practitioner.objects.filter(
+        hospital_id=p.hospital, kind=PractitionerKind.PHARMACIST, on_duty=True
+    ).values_list("user_id", flat=True),
+    hospital=Practitioner._meta.get_field("hospital"),
+)
+_PHARMACY_STAFF = CompiledQuery(
+    lambda p: PharmacyStaff.objects.filter(pharmacy_id=p.pharmacy).values_list(
+        "user_id", flat=True
+    ),
+    pharmacy=PharmacyStaff._meta.get_field("pharmacy"),
+)
+
+
 def _recipients(change: _Change) -> set[Any]:
     recipients: set[Any] = set()
     if change.status != PrescriptionStatus.DRAFT:  # drafts are the doctor's own work
-        recipients.update(
-            Practitioner.objects.filter(
-                hospital_id=change.hospital_id, kind=PractitionerKind.PHARMACIST, on_duty=True
-            ).values_list("user_id", flat=True)
-        )
+        recipients.update(_PHARMACISTS_ON_DUTY.all(hospital=change.hospital_id))
     recipients.add(change.doctor_user_id)
     if change.pharmacy_id is not None:
-        recipients.update(
-            PharmacyStaff.objects.filter(pharmacy_id=change.pharmacy_id).values_list(
-                "user_id", flat=True
-            )
-        )
+        recipients.update(_PHARMACY_STAFF.all(pharmacy=change.pharmacy_id))
     return recipients
 
 

@@ -8,8 +8,10 @@ from uuid import UUID
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from backend.api.problems import DomainError
+from backend.compiled_queries import CompiledQuery
 from backend.identity.models import Role, User
 from backend.organisations.models import Practitioner, PractitionerKind
+from backend.patients.models import PatientProfile
 from prescriptions.models import (
     Prescription,
     PrescriptionEvent,
@@ -66,36 +68,120 @@ def review_queue(*, practitioner: Practitioner) -> QuerySet[Prescription]:
     )
 
 
+_PK = Prescription._meta.pk
+_LINES = CompiledQuery(
+    lambda p: PrescriptionLine.objects.select_related("drug").filter(
+        prescription_id=p.prescription
+    ),
+    prescription=PrescriptionLine._meta.get_field("prescription"),
+)
+_LINE_PRESCRIPTION = PrescriptionLine._meta.get_field("prescription")
+
+
+def lines_hold(prescription: Prescription, lines: list[PrescriptionLine]) -> None:
+    """Keep ``lines`` (with their drugs) as the prescription's prefetched lines, where
+    ``prefetch_related("lines")`` puts them, for the rest of the request."""
+    for line in lines:
+        _LINE_PRESCRIPTION.set_cached_value(line, prescription)
+    held = {**getattr(prescription, "_prefetched_objects_cache", {}), "lines": lines}
+    setattr(prescription, "_prefetched_objects_cache", held)  # noqa: B010 - Django's own slot
+
+
+def lines_read(prescription: Prescription) -> list[PrescriptionLine]:
+    """Read the lines with their drugs once, and hold them for the rest of the request."""
+    lines = _LINES.all(prescription=prescription.pk)
+    lines_hold(prescription, lines)
+    return lines
+
+
+def _visible(qs: QuerySet[Prescription]) -> QuerySet[Prescription]:
+    return qs.select_related(*_RELATED)[:1]
+
+
+#: ``prescription_visible_to``'s read for each kind of reader.
+_VISIBLE_TO_PATIENT = CompiledQuery(
+    lambda p: _visible(
+        Prescription.objects.filter(pk=p.id, profile__account=p.account)
+        .filter(_signed_once())
+        .exclude(status=PrescriptionStatus.DRAFT)
+    ),
+    id=_PK,
+    account=PatientProfile._meta.get_field("account"),
+)
+_VISIBLE_TO_DOCTOR = CompiledQuery(
+    lambda p: _visible(Prescription.objects.filter(pk=p.id, doctor=p.doctor)),
+    id=_PK,
+    doctor=Prescription._meta.get_field("doctor"),
+)
+_VISIBLE_TO_PHARMACIST = CompiledQuery(
+    lambda p: _visible(
+        Prescription.objects.filter(pk=p.id, hospital_id=p.hospital).exclude(
+            status=PrescriptionStatus.DRAFT
+        )
+    ),
+    id=_PK,
+    hospital=Prescription._meta.get_field("hospital"),
+)
+_PRACTITIONER_OF = CompiledQuery(
+    lambda p: Practitioner.objects.filter(user=p.user).order_by("pk")[:1],
+    user=Practitioner._meta.get_field("user"),
+)
+
+
 def prescription_visible_to(*, user: User, prescription_id: UUID | str) -> Prescription:
     """The prescription if ``user`` may see it (patient's account, its doctor, a
-    pharmacist of the hospital); 404 otherwise, so ids are not probed."""
-    qs = _with_lines(Prescription.objects.filter(pk=prescription_id))
+    pharmacist of the hospital), with its lines; 404 otherwise, so ids are not probed."""
+    found: Prescription | None = None
     if user.role == Role.PATIENT:
-        qs = (
-            qs.filter(profile__account=user)
-            .filter(_signed_once())
-            .exclude(status=PrescriptionStatus.DRAFT)
-        )
+        found = _VISIBLE_TO_PATIENT.first(id=prescription_id, account=user)
     elif user.role in (Role.DOCTOR, Role.PHARMACIST):
-        practitioner = Practitioner.objects.filter(user=user).first()
+        practitioner = _PRACTITIONER_OF.first(user=user)
         if practitioner is None:
-            qs = qs.none()
+            pass
         elif practitioner.kind == PractitionerKind.DOCTOR:
-            qs = qs.filter(doctor=practitioner)
+            found = _VISIBLE_TO_DOCTOR.first(id=prescription_id, doctor=practitioner)
         else:
-            qs = qs.filter(hospital_id=practitioner.hospital_id).exclude(
-                status=PrescriptionStatus.DRAFT
+            found = _VISIBLE_TO_PHARMACIST.first(
+                id=prescription_id, hospital=practitioner.hospital_id
             )
-    else:
-        qs = qs.none()
-    found = qs.first()
     if found is None:
         raise DomainError("not_found", "No such prescription.")
+    lines_read(found)
     return found
 
 
+_HISTORY = CompiledQuery(
+    lambda p: (
+        PrescriptionEvent.objects.select_related("pharmacy")
+        .filter(prescription_id=p.prescription)
+        .order_by("created_at", "id")
+    ),
+    prescription=PrescriptionEvent._meta.get_field("prescription"),
+)
+_EVENT_PRESCRIPTION = PrescriptionEvent._meta.get_field("prescription")
+
+
 def prescription_history(*, prescription: Prescription) -> list[PrescriptionEvent]:
-    return list(prescription.events.select_related("pharmacy").order_by("created_at", "id"))
+    events = _HISTORY.all(prescription=prescription.pk)
+    for event in events:
+        _EVENT_PRESCRIPTION.set_cached_value(event, prescription)
+    return events
+
+
+_VERSION = CompiledQuery(
+    lambda p: (
+        PrescriptionVersion.objects.select_related(
+            "doctor_certificate__authority",
+            "pharmacist_certificate__authority",
+            "reviewed_by__user",
+        )
+        .defer(*PRIVATE_KEYS)
+        .filter(prescription_id=p.prescription, version=p.version)
+        .order_by("pk")[:1]
+    ),
+    prescription=PrescriptionVersion._meta.get_field("prescription"),
+    version=PrescriptionVersion._meta.get_field("version"),
+)
 
 
 def version_current(*, prescription: Prescription) -> PrescriptionVersion | None:
@@ -104,16 +190,7 @@ def version_current(*, prescription: Prescription) -> PrescriptionVersion | None
         return in_hand
     if prescription.status == PrescriptionStatus.DRAFT:
         return None  # a version is written when it is signed (a revision opens a new one)
-    return (
-        PrescriptionVersion.objects.select_related(
-            "doctor_certificate__authority",
-            "pharmacist_certificate__authority",
-            "reviewed_by__user",
-        )
-        .defer(*PRIVATE_KEYS)
-        .filter(prescription=prescription, version=prescription.version)
-        .first()
-    )
+    return _VERSION.first(prescription=prescription.pk, version=prescription.version)
 
 
 def prescription_verification(*, prescription: Prescription) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Prefetch, Q, prefetch_related_objects
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -30,6 +30,7 @@ from backend.audit.services import (
     audit_records,
     audit_together,
 )
+from backend.compiled_queries import CompiledQuery
 from backend.identity.models import User
 from backend.organisations.models import (
     Pharmacy,
@@ -59,6 +60,7 @@ from prescriptions.models import (
     PrescriptionStatus,
     PrescriptionVersion,
 )
+from prescriptions.selectors import lines_hold, lines_read
 from prescriptions.signing import (
     PRIVATE_KEYS,
     canonical,
@@ -76,15 +78,29 @@ S = PrescriptionStatus
 # --- Locks and the one transition -------------------------------------------------------------
 
 
+#: The locking read of ``_locked``, per set of relations read with it.
+_LOCKED: dict[tuple[str, ...], CompiledQuery[Prescription]] = {}
+
+
 def _locked(prescription_id: UUID | str, *also: str) -> Prescription:
     """The prescription, row-locked, with what transitions read (``also``: more
     relations the caller needs, read in the same statement)."""
-    found = (
-        Prescription.objects.select_for_update(of=("self",))
-        .select_related("profile", "doctor__user", "doctor__department", "hospital", *also)
-        .filter(pk=prescription_id)
-        .first()
-    )
+    query = _LOCKED.get(also)
+    if query is None:
+        query = _LOCKED.setdefault(
+            also,
+            CompiledQuery(
+                lambda p: (
+                    Prescription.objects.select_for_update(of=("self",))
+                    .select_related(
+                        "profile", "doctor__user", "doctor__department", "hospital", *also
+                    )
+                    .filter(pk=p.id)[:1]
+                ),
+                id=Prescription._meta.pk,
+            ),
+        )
+    found = query.first(id=prescription_id)
     if found is None:
         raise DomainError("not_found", "No such prescription.")
     return found
@@ -207,14 +223,29 @@ def _state_error(prescription: Prescription, action: str) -> DomainError:
 # --- Who may act ----------------------------------------------------------------------------
 
 
+_PRACTITIONER: dict[tuple[str, ...], CompiledQuery[Practitioner]] = {}
+
+
 def _practitioner(
     user: User, kind: str, related: tuple[str, ...] = ("hospital", "department")
 ) -> Practitioner:
     """The account's practitioner record of ``kind``, with the ``related`` rows the
     caller reads (each join costs its compilation on every request)."""
-    practitioner = (
-        Practitioner.objects.select_related(*related).filter(user=user, kind=kind).first()
-    )
+    query = _PRACTITIONER.get(related)
+    if query is None:
+        query = _PRACTITIONER.setdefault(
+            related,
+            CompiledQuery(
+                lambda p: (
+                    Practitioner.objects.select_related(*related)
+                    .filter(user=p.user, kind=p.kind)
+                    .order_by("pk")[:1]
+                ),
+                user=Practitioner._meta.get_field("user"),
+                kind=Practitioner._meta.get_field("kind"),
+            ),
+        )
+    practitioner = query.first(user=user, kind=kind)
     if practitioner is None:
         raise DomainError("permission_denied", f"Only a {kind} can do this.")
     practitioner.user = user  # the account in hand, not a second copy of its row
@@ -256,8 +287,16 @@ def _pharmacist_of(user: User, prescription: Prescription) -> Practitioner:
     return pharmacist
 
 
+_STAFF = CompiledQuery(
+    lambda p: (
+        PharmacyStaff.objects.select_related("pharmacy").filter(user=p.user).order_by("pk")[:1]
+    ),
+    user=PharmacyStaff._meta.get_field("user"),
+)
+
+
 def staff_of(user: User) -> PharmacyStaff:
-    staff = PharmacyStaff.objects.select_related("pharmacy").filter(user=user).first()
+    staff = _STAFF.first(user=user)
     if staff is None or not staff.pharmacy.is_active:
         raise DomainError("permission_denied", "Only the staff of an active pharmacy can do this.")
     return staff
@@ -426,13 +465,6 @@ def _total(drafts: list[rules.LineDraft]) -> int:
     return sum(d.drug.unit_price * d.quantity for d in drafts)
 
 
-def _hold_lines(prescription: Prescription, lines: list[PrescriptionLine]) -> None:
-    """Keep ``lines`` (with their drugs) as the prescription's prefetched lines, as
-    ``_prefetch_lines`` would after reading them back, for the rest of the request."""
-    held = {**getattr(prescription, "_prefetched_objects_cache", {}), "lines": lines}
-    setattr(prescription, "_prefetched_objects_cache", held)  # noqa: B010 - Django's own slot
-
-
 def _write_lines(
     prescription: Prescription, drafts: list[rules.LineDraft], *, fresh: bool = False
 ) -> None:
@@ -459,7 +491,7 @@ def _write_lines(
         )
         for n, d in enumerate(drafts, 1)
     )
-    _hold_lines(prescription, lines)
+    lines_hold(prescription, lines)
     if not fresh:
         prescription.total = _total(drafts)
         prescription.save(update_fields=["total", "updated_at"])
@@ -606,13 +638,6 @@ def prescription_update(
     return Draft(prescription, checks)
 
 
-def _prefetch_lines(prescription: Prescription) -> None:
-    """Read the lines with their drugs once for the rest of the request."""
-    prefetch_related_objects(
-        [prescription], Prefetch("lines", queryset=PrescriptionLine.objects.select_related("drug"))
-    )
-
-
 def _stored_lines(prescription: Prescription) -> list[PrescriptionLine]:
     """The lines with their drugs: the prefetched ones when the selector loaded them."""
     if "lines" in getattr(prescription, "_prefetched_objects_cache", {}):
@@ -728,8 +753,7 @@ def _sign(
         _treating(consultation, doctor)
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
-        _prefetch_lines(prescription)
-        lines = list(prescription.lines.all())
+        lines = lines_read(prescription)
         drafts = _stored_drafts(prescription, lines)
         checks = prescription_checks_of(prescription=prescription, lines=lines)
         if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
@@ -822,7 +846,7 @@ def prescription_approve(
         version = _current_version(prescription)
         _verified(version, require_review=False)
         prescription.version_in_hand = version
-        _prefetch_lines(prescription)  # the order's items, the response
+        lines_read(prescription)  # the order's items, the response
         statement = canonical(review_statement(version, pharmacist=pharmacist, reviewed_at=now))
         signature = signature_create(act=act, purpose="review", data=statement, signed_at=now)
         version.review_result = "approved"
@@ -1256,8 +1280,8 @@ def prescription_dispense(
         if prescription.status != S.CLAIMED:
             raise _state_error(prescription, "dispense")
         prescription.claimed_by = staff.pharmacy  # checked just above: the same row
-        _prefetch_lines(prescription)  # the ledger's, the receipt's and the answer's lines
-        lines = {line.position: line for line in prescription.lines.all()}
+        # the ledger's, the receipt's and the answer's lines
+        lines = {line.position: line for line in lines_read(prescription)}
         wanted: dict[int, int] = {}
         errors: dict[str, list[str]] = {}
         for n, item in enumerate(items):

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from backend.api.problems import DomainError
 from backend.audit.services import RequestMeta, audit_record
+from backend.compiled_queries import CompiledQuery
 from backend.crypto.fields import blind_index_for, normalize_phone
 from backend.identity.models import (
     ApiToken,
@@ -356,11 +357,17 @@ def api_token_create(
     return IssuedApiToken(token=token, key=key)
 
 
+_API_TOKEN = CompiledQuery(
+    lambda p: ApiToken.objects.select_related("user").filter(prefix=p.prefix)[:1],
+    prefix=ApiToken._meta.get_field("prefix"),
+)
+
+
 def api_token_authenticate(*, key: str) -> tuple[User, ApiToken]:
     parts = key.split("_")
     if len(parts) < 3 or parts[0] != "ih":
         raise DomainError("authentication_failed", "Malformed API token.")
-    token = ApiToken.objects.select_related("user").filter(prefix=parts[1]).first()
+    token = _API_TOKEN.first(prefix=parts[1])
     if token is None or not hmac.compare_digest(token.key_hash, _sha256(key)):
         raise DomainError("authentication_failed", "Unknown API token.")
     now = timezone.now()

@@ -31,12 +31,13 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from backend.api.problems import DomainError
 from backend.audit.services import RequestMeta, audit_record
+from backend.compiled_queries import CompiledQuery
 from backend.identity.models import Role, User
 from backend.identity.services import console_second_factor_check
 from backend.organisations.models import Hospital, Practitioner, PractitionerKind
@@ -337,16 +338,30 @@ def certificate_revoke(
     return certificate
 
 
-def certificate_current(*, user: User, role: str) -> SigningCertificate | None:
-    """The holder's certificate that is neither revoked nor outside its validity now."""
-    now = timezone.now()
-    return (
+_CURRENT = CompiledQuery(
+    lambda p: (
         SigningCertificate.objects.select_related("authority")
         .defer("authority__private_key_pem")  # the CA's key signs certificates, not this
-        .filter(user=user, role=role, revoked_at=None, not_before__lte=now, not_after__gt=now)
-        .order_by("-not_after")
-        .first()
-    )
+        .filter(
+            user=p.user, role=p.role, revoked_at=None, not_before__lte=p.now, not_after__gt=p.now
+        )
+        .order_by("-not_after", "pk")[:1]
+    ),
+    user=SigningCertificate._meta.get_field("user"),
+    role=SigningCertificate._meta.get_field("role"),
+    now=SigningCertificate._meta.get_field("not_after"),
+)
+
+
+def certificate_current(*, user: User, role: str) -> SigningCertificate | None:
+    """The holder's certificate that is neither revoked nor outside its validity now."""
+    return _CURRENT.first(user=user, role=role, now=timezone.now())
+
+
+_CRL_NUMBER = CompiledQuery(
+    lambda p: CertificateAuthority.objects.filter(pk=p.id).values_list("crl_number", flat=True),
+    id=CertificateAuthority._meta.pk,
+)
 
 
 def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None = None) -> bytes:
@@ -357,7 +372,9 @@ def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None =
     The kept list is found by the authority's ``crl_number``, read from the database on
     every call: a revocation increments it in the same transaction, so the first call
     after a revocation commits builds a list that names it."""
-    current = CertificateAuthority.objects.values_list("crl_number", flat=True).get(pk=authority.pk)
+    current = _CRL_NUMBER.first(id=authority.pk)
+    if current is None:
+        raise CertificateAuthority.DoesNotExist(f"no certificate authority {authority.pk}")
     key = f"pki:crl:{authority.pk}:{authority.fingerprint_sha256}:{current}"
     cached: tuple[bytes, float] | None = cache.get(key)
     if cached is not None and (newer_than is None or cached[1] >= newer_than.timestamp()):
@@ -482,6 +499,12 @@ def signing_act_authorise(
     )
 
 
+_REVOKED_AT = CompiledQuery(
+    lambda p: SigningCertificate.objects.filter(pk=p.id).values_list("revoked_at", flat=True),
+    id=SigningCertificate._meta.pk,
+)
+
+
 def signature_create(
     *, act: SigningAct, purpose: str, data: bytes, signed_at: dt.datetime | None = None
 ) -> Signature:
@@ -502,11 +525,7 @@ def signature_create(
     act.used = True
     # The certificate as the act found it (valid then); revoked since is read again now.
     certificate = act.certificate
-    revoked_at = (
-        SigningCertificate.objects.filter(pk=certificate.pk)
-        .values_list("revoked_at", flat=True)
-        .get()
-    )
+    (revoked_at,) = _REVOKED_AT.all(id=certificate.pk)
     now = signed_at or timezone.now()
     if revoked_at is not None:
         raise DomainError("certificate_revoked")
@@ -518,17 +537,27 @@ def signature_create(
     )
 
 
+def _seals() -> QuerySet[SigningCertificate]:
+    return (
+        SigningCertificate.objects.select_related("authority")
+        .defer("authority__private_key_pem")  # the seal's own key signs, not the CA's
+        .filter(role=CertificateRole.INSTITUTION, revoked_at=None)
+        .order_by("-not_after", "pk")
+    )
+
+
+_SEAL = CompiledQuery(
+    lambda p: _seals().filter(authority__hospital=p.hospital)[:1],
+    hospital=CertificateAuthority._meta.get_field("hospital"),
+)
+
+
 def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
     """The institution's current seal certificate (created with the CA if need be).
     The CA is looked up without a lock: locking the hospital row on every seal crossed
     lock orders with the audit chain head (deadlocks under load)."""
-    seals = (
-        SigningCertificate.objects.select_related("authority")
-        .defer("authority__private_key_pem")  # the seal's own key signs, not the CA's
-        .filter(role=CertificateRole.INSTITUTION, revoked_at=None)
-        .order_by("-not_after")
-    )
-    certificate = seals.filter(authority__hospital=hospital).first()  # one query, usually
+    seals = _seals()
+    certificate = _SEAL.first(hospital=hospital)  # one query, usually
     if certificate is not None:
         return certificate
     authority = CertificateAuthority.objects.filter(hospital=hospital).first() or authority_create(
