@@ -15,7 +15,7 @@ queryset from named parameters, with the model field each parameter is compared 
     )
     consultation = _CONSULTATION.first(id=consultation_id)
 
-On first use on a database connection, the function is called with placeholders, the
+On first use on a database (per process), the function is called with placeholders, the
 queryset is compiled by Django's own compiler, and the SQL, the positions of the
 placeholders among its parameters, and the compiler's column layout are kept. Each later
 call only converts the values (``Field.get_db_prep_value``, as a lookup would), runs the
@@ -32,7 +32,6 @@ A query with ``select_for_update`` still refuses to run outside a transaction.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -79,7 +78,7 @@ class _Params:
 
 
 class _Compiled:
-    """One query's SQL and row layout on one connection."""
+    """One query's SQL and row layout on one database."""
 
     def __init__(self, queryset: QuerySet[Any], connection: BaseDatabaseWrapper) -> None:
         query = queryset.query
@@ -158,7 +157,7 @@ class _Compiled:
 
 
 class CompiledQuery(Generic[T]):
-    """A read query compiled once per database connection (see the module)."""
+    """A read query compiled once per database and process (see the module)."""
 
     def __init__(
         self,
@@ -170,19 +169,20 @@ class CompiledQuery(Generic[T]):
         self._build = build
         self._using = using
         self._fields = fields
-        # Per connection object (one per thread): a compiled query's converters and
-        # row layout are the connection's own.
-        self._compiled: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Compiled] = (
-            weakref.WeakKeyDictionary()
-        )
+        # Per database alias, shared by the process's threads: the SQL, the placeholders'
+        # positions and the row layout depend on the database's settings, not on the
+        # thread's connection (which each run uses, and passes to the converters).
+        self._compiled: dict[str, _Compiled] = {}
         self._lock = threading.Lock()
 
     def _for(self, connection: BaseDatabaseWrapper) -> _Compiled:
-        compiled = self._compiled.get(connection)
+        compiled = self._compiled.get(connection.alias)
         if compiled is None:
-            compiled = _Compiled(self._build(_Params(self._fields)), connection)
             with self._lock:
-                self._compiled[connection] = compiled
+                compiled = self._compiled.get(connection.alias)
+                if compiled is None:
+                    compiled = _Compiled(self._build(_Params(self._fields)), connection)
+                    self._compiled[connection.alias] = compiled
         return compiled
 
     def all(self, **values: Any) -> list[T]:

@@ -478,6 +478,9 @@ REGULATOR_DELIVERY_LEASE_SECONDS = env_int("REGULATOR_DELIVERY_LEASE_SECONDS", 6
 #: before a fresh task carries on (docs/reporting.md).
 REGULATOR_DRAIN_BATCH = env_int("REGULATOR_DRAIN_BATCH", 50)
 REGULATOR_DRAIN_SECONDS = env_int("REGULATOR_DRAIN_SECONDS", 10)
+#: A web process queues at most one drain per this many milliseconds, however many
+#: records its requests append (regulators.services.Doorbell).
+REGULATOR_DOORBELL_SECONDS = env_int("REGULATOR_DOORBELL_MS", 50) / 1000
 #: A worker stops sending to a province after a connection error or timeout, or this many
 #: retryable answers in a row, and probes again after a pause doubling up to the maximum.
 REGULATOR_BREAKER_FAILURES = env_int("REGULATOR_BREAKER_FAILURES", 10)

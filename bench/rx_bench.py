@@ -524,7 +524,12 @@ def profile_report(stats: pstats.Stats, requests: int, top: int) -> list[str]:
     n = max(1, requests)
     idle = sum(v[2] for k, v in raw.items() if k[2] == IDLE) * 1000 / n
     total = sum(v[2] for k, v in raw.items() if k[2] != IDLE) * 1000 / n
-    queries = sum(v[1] for k, v in raw.items() if k[2] == "_execute_send") / n
+    queries = (
+        sum(
+            v[1] for k, v in raw.items() if k[0].endswith("psycopg/cursor.py") and k[2] == "execute"
+        )
+        / n
+    )
 
     def where(k: tuple[str, int, str]) -> str:
         file, line, func = k

@@ -791,15 +791,25 @@ def _sign(
     return prescription
 
 
-def _current_version(prescription: Prescription) -> PrescriptionVersion:
-    return (
-        PrescriptionVersion.objects.select_related(
-            "doctor_certificate__authority", "pharmacist_certificate__authority"
-        )
-        .defer(*PRIVATE_KEYS)
-        .filter(prescription=prescription, version=prescription.version)
-        .get()
+_CURRENT_VERSION = CompiledQuery(
+    lambda p: PrescriptionVersion.objects.select_related(
+        "doctor_certificate__authority", "pharmacist_certificate__authority"
     )
+    .defer(*PRIVATE_KEYS)
+    .filter(prescription_id=p.prescription, version=p.version),
+    prescription=PrescriptionVersion._meta.get_field("prescription"),
+    version=PrescriptionVersion._meta.get_field("version"),
+)
+
+
+def _current_version(prescription: Prescription) -> PrescriptionVersion:
+    found = _CURRENT_VERSION.all(prescription=prescription.pk, version=prescription.version)
+    if len(found) != 1:
+        raise PrescriptionVersion.DoesNotExist(
+            f"prescription {prescription.pk} has {len(found)} version {prescription.version} rows"
+        )
+    found[0].prescription = prescription
+    return found[0]
 
 
 def _verified(version: PrescriptionVersion, *, require_review: bool) -> None:

@@ -21,6 +21,7 @@ import base64
 import datetime as dt
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -125,8 +126,59 @@ def outbox_append(
             "value": base64.b64encode(seal.value).decode(),
         },
     )
-    transaction.on_commit(enqueue_drain)
+    transaction.on_commit(doorbell.ring)
     return record
+
+
+class Doorbell:
+    """Queues outbox drains for this process from a thread of its own.
+
+    A request that appends a record rings after its commit and goes on: the Celery
+    message is sent here, not on the request's time. Rings that come while one is being
+    sent, or within ``interval`` seconds of the last one sent, become one message, since
+    a drain delivers every record due when it runs; so a busy process queues at most one
+    drain per ``interval`` instead of one per record. A ring is never lost while the
+    process lives: the flag is cleared before the message is sent, so a record committed
+    after that rings again. One that dies between a commit and its ring leaves the record
+    to the periodic sweep (``REGULATOR_SWEEP_SECONDS``), as a broker outage does.
+    """
+
+    def __init__(self, send: Any, *, interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._last = -math.inf
+
+    def ring(self) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._pid != os.getpid():
+            with self._lock:
+                thread = self._thread
+                if thread is None or not thread.is_alive() or self._pid != os.getpid():
+                    self._wanted = threading.Event()  # a forked child starts afresh
+                    self._thread = threading.Thread(
+                        target=self._run, name="outbox-doorbell", daemon=True
+                    )
+                    self._pid = os.getpid()
+                    self._thread.start()
+        self._wanted.set()
+
+    def _run(self) -> None:
+        wanted = self._wanted
+        while True:
+            wanted.wait()
+            pause = self._last + self._interval - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            wanted.clear()
+            self._last = time.monotonic()
+            try:
+                self._send()
+            except Exception:  # the thread outlives a failed send; the sweep makes it up
+                logger.exception("outbox doorbell could not ring")
 
 
 def enqueue_drain(countdown: float | None = None) -> None:
@@ -140,6 +192,10 @@ def enqueue_drain(countdown: float | None = None) -> None:
             drain_outbox.apply_async(countdown=countdown)
     except Exception:  # a missed doorbell is caught by the sweep, never lost
         logger.warning("could not queue an outbox drain", exc_info=True)
+
+
+#: This process's doorbell (see ``Doorbell``).
+doorbell = Doorbell(enqueue_drain, interval=settings.REGULATOR_DOORBELL_SECONDS)
 
 
 # --- Alerts ---------------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def test_bad_declarations_and_calls_are_refused() -> None:
         undeclared.all()
 
 
-def test_threads_each_run_on_their_own_connection() -> None:
+def test_threads_share_the_compiled_query_and_run_on_their_own_connections() -> None:
     practitioners = [PractitionerFactory() for _ in range(4)]
     found: dict[int, Any] = {}
 
