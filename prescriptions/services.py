@@ -792,11 +792,13 @@ def _sign(
 
 
 _CURRENT_VERSION = CompiledQuery(
-    lambda p: PrescriptionVersion.objects.select_related(
-        "doctor_certificate__authority", "pharmacist_certificate__authority"
-    )
-    .defer(*PRIVATE_KEYS)
-    .filter(prescription_id=p.prescription, version=p.version),
+    lambda p: (
+        PrescriptionVersion.objects.select_related(
+            "doctor_certificate__authority", "pharmacist_certificate__authority"
+        )
+        .defer(*PRIVATE_KEYS)
+        .filter(prescription_id=p.prescription, version=p.version)
+    ),
     prescription=PrescriptionVersion._meta.get_field("prescription"),
     version=PrescriptionVersion._meta.get_field("version"),
 )
