@@ -72,6 +72,7 @@ from payments.models import (
     RefundStatus,
     SettlementStatus,
 )
+from payments.selectors import order_of_subject
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def _transition(
 
 
 def order_for(*, kind: str, subject_id: UUID | str) -> Order | None:
-    return Order.objects.filter(kind=kind, subject_id=subject_id).first()
+    return order_of_subject(kind=kind, subject_id=subject_id)
 
 
 def _checked_items(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -642,7 +643,7 @@ def order_release(
     """The subject ended without needing (all) the money: close an unpaid order, refund
     a paid one (the configured share of the self-pay part; a full share also reverses
     the insurance settlement). Call in the subject's transaction. Idempotent."""
-    order = Order.objects.filter(kind=kind, subject_id=subject_id).first()
+    order = order_for(kind=kind, subject_id=subject_id)
     if order is None:
         return None
     order = _locked(order.pk)
@@ -656,7 +657,7 @@ def order_release(
 
 def order_refund_difference(*, kind: str, subject_id: UUID | str, amount: int) -> Order | None:
     """Give back part of the self-pay (the doctor lowered the fee at the end)."""
-    order = Order.objects.filter(kind=kind, subject_id=subject_id).first()
+    order = order_for(kind=kind, subject_id=subject_id)
     if order is None or amount <= 0:
         return order
     order = _locked(order.pk)

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from backend.compiled_queries import CompiledQuery
 from payments.models import OrderKind
 from payments.selectors import order_amounts
 from prescriptions.models import (
@@ -18,6 +19,7 @@ from prescriptions.models import (
     Fulfilment,
     Prescription,
     PrescriptionEvent,
+    PrescriptionLine,
     PrescriptionVersion,
 )
 from prescriptions.signing import line_content
@@ -115,10 +117,18 @@ def _review_payload(prescription: Prescription, version: PrescriptionVersion) ->
     }
 
 
+_DISPENSED = CompiledQuery(
+    lambda p: DispenseEntry.objects.filter(line__prescription=p.prescription).select_related(
+        "line"
+    ),
+    prescription=PrescriptionLine._meta.get_field("prescription"),
+)
+
+
 def _dispense_payload(prescription: Prescription, event: PrescriptionEvent) -> dict[str, Any]:
     pharmacy = prescription.dispensed_by or prescription.claimed_by
     assert pharmacy is not None  # noqa: S101 - dispensed by a claiming pharmacy
-    entries = DispenseEntry.objects.filter(line__prescription=prescription).select_related("line")
+    entries = _DISPENSED.all(prescription=prescription.pk)
     return {
         "prescription_id": str(prescription.pk),
         "event": {"dispense": "dispensed", "ship": "shipped", "deliver": "delivered"}[event.action],

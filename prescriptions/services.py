@@ -1083,6 +1083,15 @@ class Claim:
     claim_secret: str
 
 
+#: What a claim checks before it queues for the row lock.
+_CLAIM_CHECK = CompiledQuery(
+    lambda p: Prescription.objects.filter(pk=p.id).only("access_code", "status", "claimed_by_id")[
+        :1
+    ],
+    id=Prescription._meta.pk,
+)
+
+
 def prescription_claim(
     *,
     user: User,
@@ -1104,11 +1113,7 @@ def prescription_claim(
             meta=meta,
         )
         raise DomainError("too_many_attempts")
-    stored = (
-        Prescription.objects.filter(pk=prescription_id)
-        .only("access_code", "status", "claimed_by_id")
-        .first()
-    )
+    stored = _CLAIM_CHECK.first(id=prescription_id)
     if stored is None or not _codes_equal(access_code.strip(), stored.access_code):
         raise _bad_access_code(staff, prescription_id, meta)
     if stored.status == S.CLAIMED and stored.claimed_by_id != pharmacy.pk:

@@ -25,6 +25,7 @@ from rest_framework.utils.encoders import JSONEncoder
 
 from backend.api.models import IdempotencyRecord
 from backend.api.problems import DomainError
+from backend.compiled_queries import CompiledQuery
 
 HEADER = "Idempotency-Key"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -67,6 +68,13 @@ def _fingerprint(request: Request) -> str:
     return digest.hexdigest()
 
 
+_RECORD = CompiledQuery(
+    lambda p: IdempotencyRecord.objects.filter(owner=p.owner, key=p.key)[:1],
+    owner=IdempotencyRecord._meta.get_field("owner"),
+    key=IdempotencyRecord._meta.get_field("key"),
+)
+
+
 def idempotency_begin(request: Request) -> IdempotencyRecord | None:
     """Reserve the key for this request, or raise ``Replay`` / a ``DomainError``."""
     if request.method not in MUTATING_METHODS:
@@ -82,7 +90,7 @@ def idempotency_begin(request: Request) -> IdempotencyRecord | None:
     fingerprint = _fingerprint(request)
     now = timezone.now()
     for _attempt in range(2):
-        existing = IdempotencyRecord.objects.filter(owner=owner, key=key).first()
+        existing = _RECORD.first(owner=owner, key=key)
         if existing is not None and existing.expires_at <= now:
             existing.delete()
             existing = None

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backend.api.problems import DomainError
+from backend.compiled_queries import CompiledQuery
 from backend.identity.models import User
 from backend.notifications.backends import DeviceGone, PushMessage, push_backend
 from backend.notifications.models import Device, Platform, SocketPresence
@@ -39,12 +40,27 @@ def presence_leave(*, channel_name: str) -> None:
     SocketPresence.objects.filter(channel_name=channel_name).delete()
 
 
+_PRESENT = CompiledQuery(
+    lambda p: SocketPresence.objects.filter(
+        topic=p.topic, user_id=p.user, heartbeat_at__gte=p.since
+    ).values_list("user_id", flat=True),
+    topic=SocketPresence._meta.get_field("topic"),
+    user=SocketPresence._meta.get_field("user"),
+    since=SocketPresence._meta.get_field("heartbeat_at"),
+)
+
+
 def present_users(*, topic: str, user_ids: list[Any]) -> set[str]:
     """Which of ``user_ids`` have a live socket on ``topic`` (heartbeat recent enough)."""
     fresh_since = timezone.now() - dt.timedelta(seconds=settings.PRESENCE_TTL_SECONDS)
-    rows = SocketPresence.objects.filter(
-        topic=topic, user_id__in=user_ids, heartbeat_at__gte=fresh_since
-    ).values_list("user_id", flat=True)
+    if len(user_ids) == 1:  # the usual case (a patient's notice): one compiled statement
+        rows = _PRESENT.all(topic=topic, user=user_ids[0], since=fresh_since)
+    else:
+        rows = list(
+            SocketPresence.objects.filter(
+                topic=topic, user_id__in=user_ids, heartbeat_at__gte=fresh_since
+            ).values_list("user_id", flat=True)
+        )
     return {str(u) for u in rows}
 
 
