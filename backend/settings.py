@@ -287,6 +287,9 @@ if CELERY_BROKER_URL == "filesystem://":
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Kombu's Redis transport, reusing one client per channel (backend/kombu_redis.py).
+    CELERY_BROKER_TRANSPORT = "backend.kombu_redis:Transport"
 CELERY_TASK_ACKS_LATE = True
 #: The queue tasks go to (tests give each process its own, so workers never share).
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_DEFAULT_QUEUE", "celery")

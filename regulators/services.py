@@ -194,8 +194,18 @@ def enqueue_drain(countdown: float | None = None) -> None:
         logger.warning("could not queue an outbox drain", exc_info=True)
 
 
+def _queue_drain() -> None:
+    """The doorbell's send: always a message to the broker. Even where tasks run in place
+    (``task_always_eager``), a drain is not run on the doorbell's thread: Celery's
+    "inside a task" flag is process-wide, and an eager task on a second thread leaves it
+    set for the first."""
+    from regulators.tasks import drain_outbox
+
+    drain_outbox.app.send_task(drain_outbox.name)
+
+
 #: This process's doorbell (see ``Doorbell``).
-doorbell = Doorbell(enqueue_drain, interval=settings.REGULATOR_DOORBELL_SECONDS)
+doorbell = Doorbell(_queue_drain, interval=settings.REGULATOR_DOORBELL_SECONDS)
 
 
 # --- Alerts ---------------------------------------------------------------------------------
