@@ -326,8 +326,9 @@ def _line_drafts(lines: list[dict[str, Any]]) -> list[rules.LineDraft]:
             uuids.append(UUID(code))
         except ValueError:
             continue
-    for drug in Drug.objects.filter(is_active=True, pk__in=uuids):
-        by_id[str(drug.pk)] = drug
+    if uuids:  # drugs named by id (an empty IN is still built and compiled by Django)
+        for drug in Drug.objects.filter(is_active=True, pk__in=uuids):
+            by_id[str(drug.pk)] = drug
     for drug in Drug.objects.filter(is_active=True, code__in=codes):
         by_id[drug.code] = drug
     drafts = []
@@ -497,6 +498,17 @@ def _write_lines(
         prescription.save(update_fields=["total", "updated_at"])
 
 
+_CONSULTATION_OF_HOSPITAL = CompiledQuery(
+    lambda p: (
+        Consultation.objects.select_related("profile", "prior_diagnosis")
+        .filter(pk=p.id, hospital_id=p.hospital)
+        .order_by("pk")[:1]
+    ),
+    id=Consultation._meta.pk,
+    hospital=Consultation._meta.get_field("hospital"),
+)
+
+
 def prescription_create(
     *,
     user: User,
@@ -511,11 +523,7 @@ def prescription_create(
 ) -> Draft:
     """A draft by the treating doctor; every rule is checked and returned."""
     doctor = _practitioner(user, PractitionerKind.DOCTOR)
-    consultation = (
-        Consultation.objects.select_related("profile", "prior_diagnosis")
-        .filter(pk=consultation_id, hospital_id=doctor.hospital_id)
-        .first()
-    )
+    consultation = _CONSULTATION_OF_HOSPITAL.first(id=consultation_id, hospital=doctor.hospital_id)
     if consultation is None:
         raise DomainError("not_found", "No such consultation.")
     _treating(consultation, doctor)

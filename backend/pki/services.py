@@ -556,14 +556,13 @@ def seal_certificate(*, hospital: Hospital) -> SigningCertificate:
     """The institution's current seal certificate (created with the CA if need be).
     The CA is looked up without a lock: locking the hospital row on every seal crossed
     lock orders with the audit chain head (deadlocks under load)."""
-    seals = _seals()
     certificate = _SEAL.first(hospital=hospital)  # one query, usually
     if certificate is not None:
         return certificate
     authority = CertificateAuthority.objects.filter(hospital=hospital).first() or authority_create(
         hospital=hospital
     )
-    certificate = seals.filter(authority=authority).first()
+    certificate = _seals().filter(authority=authority).first()
     if certificate is None:
         with transaction.atomic():
             certificate = _issue(authority=authority, role=CertificateRole.INSTITUTION)
