@@ -48,6 +48,7 @@ from django.db.models.query import (  # type: ignore[attr-defined]
 from django.db.transaction import TransactionManagementError
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class _Param(Expression):
@@ -197,3 +198,20 @@ class CompiledQuery(Generic[T]):
         """The first row or None (slice the queryset ``[:1]`` in the builder)."""
         rows = self.all(**values)
         return rows[0] if rows else None
+
+
+class CompiledVariants(Generic[K, T]):
+    """One ``CompiledQuery`` per key (the relations a caller reads with the row, say),
+    each made on first use by ``make(key)``; keys are few and fixed in the code."""
+
+    def __init__(self, make: Callable[[K], CompiledQuery[T]]) -> None:
+        self._make = make
+        self._made: dict[K, CompiledQuery[T]] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key: K) -> CompiledQuery[T]:
+        query = self._made.get(key)
+        if query is None:
+            with self._lock:
+                query = self._made.setdefault(key, self._make(key))
+        return query

@@ -14,12 +14,12 @@ import json
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Model, Q, QuerySet
 from django.utils import timezone
 
 from backend.api.problems import DomainError
@@ -30,7 +30,7 @@ from backend.audit.services import (
     audit_records,
     audit_together,
 )
-from backend.compiled_queries import CompiledQuery
+from backend.compiled_queries import CompiledQuery, CompiledVariants
 from backend.identity.models import User
 from backend.organisations.models import (
     Pharmacy,
@@ -73,34 +73,29 @@ from prescriptions.signing import (
 from prescriptions.verify import VerificationError, verify_bundle
 
 S = PrescriptionStatus
+M = TypeVar("M", bound=Model)
 
 
 # --- Locks and the one transition -------------------------------------------------------------
 
 
 #: The locking read of ``_locked``, per set of relations read with it.
-_LOCKED: dict[tuple[str, ...], CompiledQuery[Prescription]] = {}
+_LOCKED: CompiledVariants[tuple[str, ...], Prescription] = CompiledVariants(
+    lambda also: CompiledQuery(
+        lambda p: (
+            Prescription.objects.select_for_update(of=("self",))
+            .select_related("profile", "doctor__user", "doctor__department", "hospital", *also)
+            .filter(pk=p.id)[:1]
+        ),
+        id=Prescription._meta.pk,
+    )
+)
 
 
 def _locked(prescription_id: UUID | str, *also: str) -> Prescription:
     """The prescription, row-locked, with what transitions read (``also``: more
     relations the caller needs, read in the same statement)."""
-    query = _LOCKED.get(also)
-    if query is None:
-        query = _LOCKED.setdefault(
-            also,
-            CompiledQuery(
-                lambda p: (
-                    Prescription.objects.select_for_update(of=("self",))
-                    .select_related(
-                        "profile", "doctor__user", "doctor__department", "hospital", *also
-                    )
-                    .filter(pk=p.id)[:1]
-                ),
-                id=Prescription._meta.pk,
-            ),
-        )
-    found = query.first(id=prescription_id)
+    found = _LOCKED[also].first(id=prescription_id)
     if found is None:
         raise DomainError("not_found", "No such prescription.")
     return found
@@ -223,7 +218,24 @@ def _state_error(prescription: Prescription, action: str) -> DomainError:
 # --- Who may act ----------------------------------------------------------------------------
 
 
-_PRACTITIONER: dict[tuple[str, ...], CompiledQuery[Practitioner]] = {}
+#: ``_practitioner``'s read, per set of relations read with it.
+_PRACTITIONER: CompiledVariants[tuple[str, ...], Practitioner] = CompiledVariants(
+    lambda related: CompiledQuery(
+        lambda p: (
+            _joined(Practitioner.objects.all(), related)
+            .filter(user=p.user, kind=p.kind)
+            .order_by("pk")[:1]
+        ),
+        user=Practitioner._meta.get_field("user"),
+        kind=Practitioner._meta.get_field("kind"),
+    )
+)
+
+
+def _joined(qs: QuerySet[M], related: tuple[str, ...]) -> QuerySet[M]:
+    """``qs`` with exactly ``related`` joined (``select_related()`` with no names would
+    join every non-null foreign key)."""
+    return qs.select_related(*related) if related else qs
 
 
 def _practitioner(
@@ -231,21 +243,7 @@ def _practitioner(
 ) -> Practitioner:
     """The account's practitioner record of ``kind``, with the ``related`` rows the
     caller reads (each join costs its compilation on every request)."""
-    query = _PRACTITIONER.get(related)
-    if query is None:
-        query = _PRACTITIONER.setdefault(
-            related,
-            CompiledQuery(
-                lambda p: (
-                    Practitioner.objects.select_related(*related)
-                    .filter(user=p.user, kind=p.kind)
-                    .order_by("pk")[:1]
-                ),
-                user=Practitioner._meta.get_field("user"),
-                kind=Practitioner._meta.get_field("kind"),
-            ),
-        )
-    practitioner = query.first(user=user, kind=kind)
+    practitioner = _PRACTITIONER[related].first(user=user, kind=kind)
     if practitioner is None:
         raise DomainError("permission_denied", f"Only a {kind} can do this.")
     practitioner.user = user  # the account in hand, not a second copy of its row

@@ -183,3 +183,27 @@ def test_postgresql_prepares_a_statement_run_again_on_a_connection() -> None:
             )
             (prepared,) = cursor.fetchone()
     assert prepared >= 1
+
+
+def test_variants_are_made_once_per_key_each_with_its_own_joins() -> None:
+    from backend.compiled_queries import CompiledVariants
+
+    variants: CompiledVariants[tuple[str, ...], Practitioner] = CompiledVariants(
+        lambda related: CompiledQuery(
+            lambda p: (
+                Practitioner.objects.select_related(*related) if related else Practitioner.objects
+            ).filter(pk=p.id),
+            id=Practitioner._meta.pk,
+        )
+    )
+    assert variants[("hospital",)] is variants[("hospital",)]
+    assert variants[()] is not variants[("hospital",)]
+    practitioner = PractitionerFactory()
+    (joined,) = variants[("hospital",)].all(id=practitioner.pk)
+    (plain,) = variants[()].all(id=practitioner.pk)
+    with CaptureQueriesContext(connection) as queries:
+        assert joined.hospital.pk == practitioner.hospital_id
+    assert queries.captured_queries == []
+    with CaptureQueriesContext(connection) as queries:
+        assert plain.hospital.pk == practitioner.hospital_id
+    assert len(queries.captured_queries) == 1
