@@ -9,7 +9,8 @@ class PrescriptionsConfig(AppConfig):
         from payments.models import Order, OrderKind
         from payments.services import OrderKindHooks, order_kind_register
         from prescriptions import problems  # noqa: F401  (registers the error codes)
-        from prescriptions.models import Prescription, PrescriptionStatus
+        from prescriptions.models import PrescriptionStatus
+        from prescriptions.selectors import prescription_status
 
         #: After the pharmacist's approval and not cancelled or expired (DOMAIN rule 6).
         approved = frozenset(
@@ -23,12 +24,7 @@ class PrescriptionsConfig(AppConfig):
         )
 
         def approved_now(order: Order) -> bool:
-            status = (
-                Prescription.objects.filter(pk=order.subject_id)
-                .values_list("status", flat=True)
-                .first()
-            )
-            return status in approved
+            return prescription_status(prescription_id=order.subject_id) in approved
 
         order_kind_register(
             OrderKind.PRESCRIPTION,

@@ -150,6 +150,18 @@ def prescription_visible_to(*, user: User, prescription_id: UUID | str) -> Presc
     return found
 
 
+_STATUS = CompiledQuery(
+    lambda p: Prescription.objects.filter(pk=p.id).values_list("status", flat=True),
+    id=_PK,
+)
+
+
+def prescription_status(*, prescription_id: UUID | str) -> str | None:
+    """The prescription's status as stored now, or None if there is no such prescription."""
+    found = _STATUS.all(id=prescription_id)
+    return found[0] if found else None
+
+
 _HISTORY = CompiledQuery(
     lambda p: (
         PrescriptionEvent.objects.select_related("pharmacy")
