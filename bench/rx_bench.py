@@ -74,8 +74,6 @@ DISPENSE = {
     "items": [{"line": 1, "quantity": 1, "batch_number": "B2026-1102"}],
     "pharmacist": {"name": "王药师", "licence_number": "YS330100123"},
 }
-#: Raw ECDSA P-256 signs per second on the machine the issue's targets were set on.
-ISSUE_RAW_SIGNS = 58_000
 PATH_STEPS = ("create", "sign", "approve", "code", "claim", "dispense")
 DUMP_PATH = "/__rx_bench_profile/dump"
 RESET_PATH = "/__rx_bench_profile/reset"
@@ -1406,14 +1404,6 @@ def main() -> None:
         print("\n[targets]")
         for _, label, shown, ok in targets:
             print(f"  {label:<58} {shown:<36} {verdict(ok)}")
-        # The issue states its targets beside the raw rate of its machine; this one's speed
-        # varies from run to run (shared cores), and the raw rate measured above shows it.
-        scale = ISSUE_RAW_SIGNS / raw_sign
-        print(
-            f"  (raw ECDSA here {raw_sign:,.0f} signs/s, the issue's machine about "
-            f"{ISSUE_RAW_SIGNS:,}: the path at that speed would be about "
-            f"{best.rate * scale:.1f}/s; the verdicts above are on the figures measured here)"
-        )
 
         wanted = (
             {kind for kind, _, _, ok in targets if not ok} & profile_kinds
