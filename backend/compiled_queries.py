@@ -98,7 +98,9 @@ class _Compiled:
         self.for_update = bool(query.select_for_update)
         #: (position in the parameters, parameter name) of each placeholder.
         self.slots = [(i, p.name) for i, p in enumerate(params) if isinstance(p, _Param)]
-        self.fields = {p.name: p.output_field for p in params if isinstance(p, _Param)}  # type: dict[str, Any]
+        self.fields: dict[str, Any] = {
+            p.name: p.output_field for p in params if isinstance(p, _Param)
+        }
         self.constants = [None if isinstance(p, _Param) else p for p in params]
         self.iterable = iterable
         select = compiler.select[0 : compiler.col_count]
