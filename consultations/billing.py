@@ -18,7 +18,8 @@ from backend.api.problems import DomainError
 from backend.organisations.models import Department, Practitioner
 from consultations.models import Consultation, ConsultationEvent
 from payments.models import OrderKind, RefundReason
-from payments.services import order_create, order_for, order_refund_difference, order_release
+from payments.selectors import order_of_subject
+from payments.services import order_create, order_refund_difference, order_release
 
 KIND = OrderKind.CONSULTATION_FEE
 
@@ -65,7 +66,7 @@ def order_open_for_request(consultation: Consultation) -> bool:
 
 
 def end_fee_check(consultation: Consultation, fee: int) -> None:
-    order = order_for(kind=KIND, subject_id=consultation.pk)
+    order = order_of_subject(kind=KIND, subject_id=consultation.pk)
     if order is not None and fee > order.total:
         raise DomainError(
             "fee_above_paid",
@@ -82,7 +83,7 @@ def after_transition(consultation: Consultation, event: ConsultationEvent) -> No
         share = getattr(settings, share_setting) if share_setting else 100
         order_release(kind=KIND, subject_id=consultation.pk, reason=reason, share_percent=share)
     elif event.action == "end":
-        order = order_for(kind=KIND, subject_id=consultation.pk)
+        order = order_of_subject(kind=KIND, subject_id=consultation.pk)
         if order is None:
             if consultation.fee > 0:
                 _open_order(consultation, consultation.fee)

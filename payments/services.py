@@ -155,10 +155,6 @@ def _transition(
     return event
 
 
-def order_for(*, kind: str, subject_id: UUID | str) -> Order | None:
-    return order_of_subject(kind=kind, subject_id=subject_id)
-
-
 def _checked_items(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     cleaned: list[dict[str, Any]] = []
     for item in items:
@@ -643,7 +639,7 @@ def order_release(
     """The subject ended without needing (all) the money: close an unpaid order, refund
     a paid one (the configured share of the self-pay part; a full share also reverses
     the insurance settlement). Call in the subject's transaction. Idempotent."""
-    order = order_for(kind=kind, subject_id=subject_id)
+    order = order_of_subject(kind=kind, subject_id=subject_id)
     if order is None:
         return None
     order = _locked(order.pk)
@@ -657,7 +653,7 @@ def order_release(
 
 def order_refund_difference(*, kind: str, subject_id: UUID | str, amount: int) -> Order | None:
     """Give back part of the self-pay (the doctor lowered the fee at the end)."""
-    order = order_for(kind=kind, subject_id=subject_id)
+    order = order_of_subject(kind=kind, subject_id=subject_id)
     if order is None or amount <= 0:
         return order
     order = _locked(order.pk)

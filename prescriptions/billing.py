@@ -12,7 +12,8 @@ from __future__ import annotations
 from django.conf import settings
 
 from payments.models import OrderKind, RefundReason
-from payments.services import order_create, order_for, order_items_replace, order_release
+from payments.selectors import order_of_subject
+from payments.services import order_create, order_items_replace, order_release
 from prescriptions.models import Fulfilment, Prescription, PrescriptionEvent
 
 KIND = OrderKind.PRESCRIPTION
@@ -65,7 +66,7 @@ def after_transition(prescription: Prescription, event: PrescriptionEvent) -> No
 
 def after_fulfilment(prescription: Prescription) -> None:
     """The patient chose pick-up or delivery: re-price an unpaid order."""
-    order = order_for(kind=KIND, subject_id=prescription.pk)
+    order = order_of_subject(kind=KIND, subject_id=prescription.pk)
     if order is not None:
         items = order_items(prescription)
         if items != [

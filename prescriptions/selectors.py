@@ -136,11 +136,9 @@ def prescription_visible_to(*, user: User, prescription_id: UUID | str) -> Presc
         found = _VISIBLE_TO_PATIENT.first(id=prescription_id, account=user)
     elif user.role in (Role.DOCTOR, Role.PHARMACIST):
         practitioner = _PRACTITIONER_OF.first(user=user)
-        if practitioner is None:
-            pass
-        elif practitioner.kind == PractitionerKind.DOCTOR:
+        if practitioner is not None and practitioner.kind == PractitionerKind.DOCTOR:
             found = _VISIBLE_TO_DOCTOR.first(id=prescription_id, doctor=practitioner)
-        else:
+        elif practitioner is not None:
             found = _VISIBLE_TO_PHARMACIST.first(
                 id=prescription_id, hospital=practitioner.hospital_id
             )
