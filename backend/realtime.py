@@ -12,12 +12,16 @@ one process's loop, so it always takes the first path.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
+from collections import deque
 from typing import Any
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+logger = logging.getLogger(__name__)
 
 #: How long a push may take before the caller gives up waiting (the store is the truth;
 #: a lost doorbell is made up by the next resume).
@@ -68,3 +72,55 @@ def group_send_many(sends: list[tuple[str, dict[str, Any]]]) -> None:
         return
     future = asyncio.run_coroutine_threadsafe(send_all(), _background_loop())
     future.result(timeout=SEND_TIMEOUT_SECONDS)
+
+
+class _Sender:
+    """Sends handed over by request threads, one after another on the server's loop, in
+    the order they were handed over (``call_soon_threadsafe`` keeps it)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: deque[tuple[Any, list[tuple[str, dict[str, Any]]]]] = deque()
+        self.running = False
+
+    def hand_over(self, layer: Any, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        """On the loop: queue the sends, and start the one drain if it is not running."""
+        self.pending.append((layer, sends))
+        if not self.running:
+            self.running = True
+            self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                layer, sends = self.pending.popleft()
+                try:
+                    for group, message in sends:
+                        await layer.group_send(group, message)
+                except Exception:  # the store is the truth; clients catch up on resume
+                    logger.warning("channel-layer send failed", exc_info=True)
+        finally:
+            self.running = False
+
+
+_senders: dict[int, _Sender] = {}
+
+
+def group_send_soon(sends: list[tuple[str, dict[str, Any]]]) -> None:
+    """``group_send_many`` without waiting, from a request thread of a server on a
+    cross-process layer (Redis): the sends are handed to the server's event loop and go
+    after the response, in the order handed over by every thread of the process, and a
+    failure is logged there. Elsewhere (a worker, a command, the in-memory layer) this is
+    ``group_send_many``. For doorbells whose message the store already holds."""
+    layer = get_channel_layer()
+    if layer is None or not sends:
+        return
+    if isinstance(layer, InMemoryChannelLayer) or not _server_loop_running():
+        group_send_many(sends)
+        return
+    loop: asyncio.AbstractEventLoop = SyncToAsync.threadlocal.main_event_loop
+    with _lock:
+        sender = _senders.get(id(loop))
+        if sender is None or sender.loop is not loop:
+            sender = _senders[id(loop)] = _Sender(loop)
+    loop.call_soon_threadsafe(sender.hand_over, layer, sends)

@@ -15,7 +15,7 @@ from django.db import transaction
 
 from backend.notifications.services import notify_if_away
 from backend.organisations.models import Practitioner
-from backend.realtime import group_send
+from backend.realtime import group_send_soon
 from consultations.models import Consultation, ConsultationEvent
 
 #: What the patient is told on their phone when they are not in the chat (no health data).
@@ -75,10 +75,6 @@ def console_recipients(consultation: Consultation) -> list[Any]:
     return sorted(ids, key=str)
 
 
-def _send(group: str, frame: dict[str, Any], kind: str) -> None:
-    group_send(group, {"type": kind, "frame": frame})
-
-
 def after_transition(consultation: Consultation, event: ConsultationEvent) -> None:
     state = state_frame(consultation)
     queue = {
@@ -91,10 +87,19 @@ def after_transition(consultation: Consultation, event: ConsultationEvent) -> No
     account_id = consultation.account_id
 
     def deliver() -> None:
-        _send(consultation_group(consultation_id), state, "consultation.push")
         fresh = Consultation.objects.select_related("profile").get(pk=consultation_id)
-        for user_id in console_recipients(fresh):
-            _send(console_user_group(user_id), queue, "console.event")
+        group_send_soon(
+            [
+                (
+                    consultation_group(consultation_id),
+                    {"type": "consultation.push", "frame": state},
+                ),
+                *(
+                    (console_user_group(user_id), {"type": "console.event", "frame": queue})
+                    for user_id in console_recipients(fresh)
+                ),
+            ]
+        )
         if event.action in STATE_NOTICES:
             notify_if_away(
                 topic=f"consultation:{consultation_id}",

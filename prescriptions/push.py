@@ -21,7 +21,7 @@ from django.db import transaction
 from backend.compiled_queries import CompiledQuery
 from backend.notifications.services import notify_if_away
 from backend.organisations.models import PharmacyStaff, Practitioner, PractitionerKind
-from backend.realtime import group_send_many
+from backend.realtime import group_send_soon
 from consultations.push import console_user_group
 from prescriptions.models import Prescription, PrescriptionEvent, PrescriptionStatus
 
@@ -142,7 +142,7 @@ def _deliver(changes: list[_Change]) -> None:
         # Changes told together are of one prescription, in order; the last one's
         # audience (status, pharmacy) is everyone who needs to hear any of them.
         recipients = sorted(_recipients(changes[-1]), key=str)
-        group_send_many(
+        group_send_soon(
             [
                 (console_user_group(user_id), {"type": "console.event", "frame": change.frame})
                 for change in changes

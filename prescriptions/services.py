@@ -766,8 +766,9 @@ def _sign(
             raise _ControlledRefused(consultation, checks, drafts)
         rules.raise_for(checks)
         # One clock reading for the issue time and the signature time, so that a
-        # signature made at midnight is not dated the day after its issue.
-        issued_at = timezone.now()
+        # signature made at midnight is not dated the day after its issue: the one the
+        # signing act read the certificate at, which then needs no second read.
+        issued_at = act.checked_at or timezone.now()
         valid_until = _end_of_validity(issued_at, prescription.validity_days)
         content = prescription_content(
             prescription, lines, issued_at=issued_at, valid_until=valid_until
@@ -858,7 +859,7 @@ def prescription_approve(
         pharmacist = _pharmacist_of(user, prescription)
         if prescription.status != S.UNDER_REVIEW:
             raise _state_error(prescription, "approve")
-        now = timezone.now()
+        now = act.checked_at or timezone.now()  # as at ``_sign``
         if prescription.valid_until is not None and prescription.valid_until <= now:
             raise DomainError("prescription_expired")
         version = _current_version(prescription)

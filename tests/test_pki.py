@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -510,6 +511,44 @@ def test_a_copied_act_does_not_give_a_second_signature(department) -> None:
     assert refused.value.code == "signature_required"
 
 
+def test_copies_of_one_act_racing_in_threads_give_one_signature(department) -> None:
+    doctor = _doctor(department)
+    certificate_issue(practitioner=doctor)
+    act = _authorise(doctor)
+    copies = [copy.copy(act) for _ in range(8)]
+    start = threading.Barrier(len(copies))
+    outcomes: list[str] = []
+
+    def spend(one: SigningAct) -> None:
+        start.wait()
+        try:
+            # Dated at the act's check: no database read on these threads' connections.
+            signature_create(
+                act=one, purpose="prescription", data=b"content", signed_at=one.checked_at
+            )
+            outcomes.append("signed")
+        except DomainError as refused:
+            outcomes.append(refused.code)
+
+    threads = [threading.Thread(target=spend, args=(one,)) for one in copies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["signature_required"] * 7 + ["signed"]
+    assert act.used
+
+
+def test_a_deep_copied_act_is_no_act(department) -> None:
+    doctor = _doctor(department)
+    certificate_issue(practitioner=doctor)
+    with pytest.raises(DomainError) as refused:
+        signature_create(
+            act=copy.deepcopy(_authorise(doctor)), purpose="prescription", data=b"content"
+        )
+    assert refused.value.code == "signature_required"
+
+
 def test_a_forged_act_is_refused(department) -> None:
     doctor = _doctor(department)
     issued = certificate_issue(practitioner=doctor)
@@ -740,6 +779,36 @@ def test_a_revoked_certificate_cannot_sign(department) -> None:
 
     # The current certificate signs the prescription.
     assert scene.sign(prescription_id).status_code == 200
+
+
+def test_a_signature_dated_when_the_act_read_the_certificate_reads_it_once(department) -> None:
+    doctor = _doctor(department)
+    issued = certificate_issue(practitioner=doctor)
+    act = _authorise(doctor)
+    assert act.checked_at is not None
+    assert act.checked_at <= timezone.now()
+    # Revoked after the act read it: a signature dated at the act's reading was made
+    # while the certificate was good, and nothing is read again for it.
+    certificate_revoke(certificate=issued, reason="key compromise")
+    with CaptureQueriesContext(connection) as queries:
+        signature = signature_create(
+            act=act, purpose="prescription", data=b"content", signed_at=act.checked_at
+        )
+    assert queries.captured_queries == []
+    assert signature.signed_at == act.checked_at
+    assert _verifies(_cert(issued).public_key(), signature.value, b"content")
+    # Dated later, the same act's certificate is read again and the revocation refuses it.
+    issued = certificate_issue(practitioner=doctor)
+    act = _authorise(doctor)
+    certificate_revoke(certificate=issued, reason="key compromise")
+    with pytest.raises(DomainError) as refused:
+        signature_create(
+            act=act,
+            purpose="prescription",
+            data=b"content",
+            signed_at=act.checked_at + dt.timedelta(microseconds=1),
+        )
+    assert refused.value.code == "certificate_revoked"
 
 
 def test_an_expired_certificate_cannot_sign(department) -> None:

@@ -28,8 +28,8 @@ pytestmark = [
 #: Statements per request (the transaction's BEGIN/COMMIT and savepoints not counted).
 BUDGET = {
     "create": 11,
-    "sign": 20,
-    "approve": 24,
+    "sign": 17,
+    "approve": 23,
     "code": 6,
     "claim": 14,
     "dispense": 18,

@@ -18,13 +18,16 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
+from django.utils.crypto import get_random_string
 from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
 from backend.identity.services import api_token_create
+from backend.organisations.models import Practitioner
 from tests.conftest import require_redis, uses_postgres
 from tests.consult_helpers import patient_with_record, ready_doctor
 from tests.factories import DepartmentFactory
+from tests.rx_helpers import RxScene, fresh_otp
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("icd10")]
@@ -226,3 +229,63 @@ async def test_patient_and_doctor_on_two_processes_chat_and_see_state_changes(tw
             assert ended.status_code == 200, ended.text
             state = await p_in.wait_for(lambda f: f["type"] == "consultation.state")
             assert state[0]["status"] == "ended"
+
+
+def _console_headers(client) -> dict[str, str]:
+    """A console session made in this process (test client), for requests to a server."""
+    csrf = get_random_string(32)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return {
+        "Cookie": f"{settings.SESSION_COOKIE_NAME}={session}; {settings.CSRF_COOKIE_NAME}={csrf}",
+        "X-CSRFToken": csrf,
+    }
+
+
+def _prescribing_scene() -> tuple[RxScene, list[str]]:
+    scene = RxScene(DepartmentFactory())
+    Practitioner.objects.filter(pk=scene.pharmacist.pk).update(on_duty=True)
+    drafts = []
+    for _ in range(3):
+        drafted = scene.draft()
+        assert drafted.status_code == 201, drafted.content
+        drafts.append(str(drafted.json()["id"]))
+    return scene, drafts
+
+
+async def test_signing_on_one_process_reaches_the_pharmacist_on_another_in_order(two_servers):
+    """A request hands its pushes to the server's loop and answers without waiting for
+    them; they still reach the other process, in the order the requests made them."""
+    server_a, server_b = two_servers
+    scene, drafts = await sync_to_async(_prescribing_scene)()
+    doctor_h = _console_headers(scene.doctor_session)
+    pharmacist_h = _console_headers(scene.pharmacist_session)
+    async with httpx.AsyncClient(timeout=10) as http:
+        ticket = await http.post(
+            f"http://{server_b}/api/console/v1/ws-ticket", headers=pharmacist_h
+        )
+        assert ticket.status_code == 201, ticket.text
+        async with connect(
+            f"ws://{server_b}/ws/console/?ticket={ticket.json()['ticket']}",
+            origin=Origin("http://127.0.0.1"),
+        ) as ws:
+            inbox = Inbox(ws)
+            await inbox.wait_for(lambda f: f["type"] == "hello")
+            for prescription_id in drafts:
+                otp = await sync_to_async(fresh_otp)(scene.doctor.user)
+                signed = await http.post(
+                    f"http://{server_a}/api/console/v1/prescriptions/{prescription_id}/sign",
+                    json={"otp": otp},
+                    headers=doctor_h,
+                )
+                assert signed.status_code == 200, signed.text
+                assert signed.json()["status"] == "under_review"
+            await inbox.wait_for(lambda f: len(inbox.of("prescription.changed")) >= 6)
+            got = [
+                (f["prescription"]["id"], f["action"], f["prescription"]["status"])
+                for f in inbox.of("prescription.changed")
+            ]
+            assert got == [
+                (prescription_id, action, status)
+                for prescription_id in drafts
+                for action, status in (("sign", "signed"), ("submit", "under_review"))
+            ]

@@ -508,7 +508,7 @@ def console_password_check(
             meta=meta,
         )
         raise DomainError("authentication_failed", "Wrong username or password.")
-    if not user.needs_second_factor:
+    if failures and not user.needs_second_factor:
         cache.delete(_lock_key(username))
     return user
 
@@ -527,7 +527,8 @@ def console_second_factor_check(*, user: User, code: str, meta: RequestMeta | No
             meta=meta,
         )
         raise
-    cache.delete(_lock_key(user.username))
+    if failures:  # a trip to the cache only when there is a count to clear
+        cache.delete(_lock_key(user.username))
 
 
 # --- WebSocket tickets -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -446,15 +446,29 @@ _ISSUED = object()
 
 @dataclass(eq=False)
 class SigningAct:
-    """One person's authorisation to make one signature, shortly after their 2nd factor."""
+    """One person's authorisation to make one signature, shortly after their 2nd factor.
+
+    ``checked_at`` is the time read just before the certificate was: a signature dated
+    then or earlier needs no second look at the certificate's revocation. A copy of an
+    act shares its spent flag (so it is the same act); a deep copy or an unpickled one
+    has a new issuer token and is no act at all.
+    """
 
     user: User
     certificate: SigningCertificate
     purpose: str
     authorised_at: float
     _issuer: object = field(repr=False)
-    nonce: str = field(default_factory=lambda: secrets.token_hex(16))
-    used: bool = False
+    checked_at: dt.datetime | None = None
+    _spent: list[bool] = field(default_factory=lambda: [False], repr=False)
+
+    @property
+    def used(self) -> bool:
+        return self._spent[0]
+
+
+#: Spending an act (or a copy of it) is one check-and-set across threads.
+_SPENDING = threading.Lock()
 
 
 _SIGNER_ROLES = {Role.DOCTOR: CertificateRole.DOCTOR, Role.PHARMACIST: CertificateRole.PHARMACIST}
@@ -484,7 +498,8 @@ def signing_act_authorise(
     if not otp:
         raise DomainError("signature_required", "Enter the code from your authenticator to sign.")
     console_second_factor_check(user=user, code=otp, meta=meta)
-    certificate = certificate_current(user=user, role=role)
+    checked_at = timezone.now()  # before the read: the read sees every revocation until then
+    certificate = _CURRENT.first(user=user, role=role, now=checked_at)
     if certificate is None:
         raise DomainError(
             "no_signing_certificate",
@@ -496,6 +511,7 @@ def signing_act_authorise(
         purpose=purpose,
         authorised_at=time.monotonic(),
         _issuer=_ISSUED,
+        checked_at=checked_at,
     )
 
 
@@ -509,26 +525,27 @@ def signature_create(
     *, act: SigningAct, purpose: str, data: bytes, signed_at: dt.datetime | None = None
 ) -> Signature:
     """Sign ``data`` for the person who made ``act``; each act signs once (a copy of the
-    act is the same act: its nonce is spent in the shared cache). ``signed_at`` lets the
-    caller date the signature with the same clock reading as the content it signs."""
-    if (
-        not isinstance(act, SigningAct)
-        or act._issuer is not _ISSUED
-        or act.used
-        or act.purpose != purpose
-        or time.monotonic() - act.authorised_at > settings.SIGNING_ACT_MAX_AGE_SECONDS
-        or not cache.add(
-            f"pki:act:{act.nonce}", 1, timeout=settings.SIGNING_ACT_MAX_AGE_SECONDS * 2
-        )
-    ):
-        raise DomainError("signature_required", "Sign again with a fresh authenticator code.")
-    act.used = True
-    # The certificate as the act found it (valid then); revoked since is read again now.
+    act is the same act). ``signed_at`` lets the caller date the signature with the same
+    clock reading as the content it signs (``act.checked_at`` spares a second read of
+    the certificate)."""
+    with _SPENDING:
+        if (
+            not isinstance(act, SigningAct)
+            or act._issuer is not _ISSUED
+            or act._spent[0]
+            or act.purpose != purpose
+            or time.monotonic() - act.authorised_at > settings.SIGNING_ACT_MAX_AGE_SECONDS
+        ):
+            raise DomainError("signature_required", "Sign again with a fresh authenticator code.")
+        act._spent[0] = True
+    # The certificate as the act found it (valid then); a signature dated after that reads
+    # again whether it has been revoked since.
     certificate = act.certificate
-    (revoked_at,) = _REVOKED_AT.all(id=certificate.pk)
     now = signed_at or timezone.now()
-    if revoked_at is not None:
-        raise DomainError("certificate_revoked")
+    if act.checked_at is None or now > act.checked_at:
+        (revoked_at,) = _REVOKED_AT.all(id=certificate.pk)
+        if revoked_at is not None:
+            raise DomainError("certificate_revoked")
     if not certificate.not_before <= now < certificate.not_after:
         raise DomainError("no_signing_certificate", "Your signing certificate has expired.")
     value = signer().sign(certificate=certificate, data=data)
