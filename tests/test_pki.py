@@ -801,6 +801,7 @@ def test_a_signature_dated_when_the_act_read_the_certificate_reads_it_once(depar
     issued = certificate_issue(practitioner=doctor)
     act = _authorise(doctor)
     certificate_revoke(certificate=issued, reason="key compromise")
+    assert act.checked_at is not None
     with pytest.raises(DomainError) as refused:
         signature_create(
             act=act,
