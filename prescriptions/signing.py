@@ -14,9 +14,9 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
-import rfc8785
 from django.utils import timezone
 
+from backend import canonical_json
 from backend.pki.models import SigningCertificate
 from backend.pki.services import Signature, crl_der
 from prescriptions.models import Prescription, PrescriptionLine, PrescriptionVersion
@@ -34,7 +34,7 @@ PRIVATE_KEYS = (
 
 
 def canonical(value: dict[str, Any]) -> bytes:
-    return rfc8785.dumps(value)
+    return canonical_json.dumps(value)
 
 
 def _time(value: dt.datetime) -> str:

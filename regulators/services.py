@@ -29,12 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-import rfc8785
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from backend import canonical_json
 from backend.api.problems import DomainError
 from backend.audit.services import RequestMeta, audit_record
 from backend.identity.models import User
@@ -108,7 +108,7 @@ def outbox_append(
             filing_institution(hospital=hospital)
         hospital_pk = hospital.pk
         transaction.on_commit(lambda: _filed.add(hospital_pk))
-    seal = seal_sign(hospital=hospital, data=rfc8785.dumps(payload))
+    seal = seal_sign(hospital=hospital, data=canonical_json.dumps(payload))
     now = timezone.now()
     record = OutboxRecord.objects.create(
         record_type=record_type,

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-import rfc8785
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.utils import timezone
 
+from backend import canonical_json
 from backend.audit.models import GENESIS_HASH, AuditChainHead, AuditEvent
 
 CHAIN = "main"
@@ -64,7 +64,7 @@ def event_hash(event: AuditEvent) -> str:
         "ip": event.ip,
         "user_agent": event.user_agent,
     }
-    return hashlib.sha256(event.prev_hash.encode() + rfc8785.dumps(body)).hexdigest()
+    return hashlib.sha256(event.prev_hash.encode() + canonical_json.dumps(body)).hexdigest()
 
 
 @functools.cache

@@ -10,6 +10,8 @@ from backend.notifications.services import presence_purge_stale, push_deliver
 
 @shared_task(
     name="backend.notifications.tasks.deliver_push",
+    # Nobody reads its result: without this every call also subscribed to one in Redis.
+    ignore_result=True,
     autoretry_for=(PushDeliveryError,),
     retry_backoff=5,
     retry_backoff_max=300,
