@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
+from django.core.cache import cache
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -346,6 +347,28 @@ def test_a_new_certificate_supersedes_the_previous_one(department) -> None:
     crl = _crl(crl_der(authority=authority))
     assert crl.get_revoked_certificate_by_serial_number(int(first.serial_number, 16)) is not None
     assert crl.get_revoked_certificate_by_serial_number(int(second.serial_number, 16)) is None
+
+
+def test_the_process_keeps_the_current_crl_until_a_revocation_or_a_newer_need(department) -> None:
+    doctor = _doctor(department)
+    first = certificate_issue(practitioner=doctor)
+    authority = first.authority
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        kept = crl_der(authority=authority)
+        cache.clear()  # the shared copy is gone: the process's own is still current
+        assert crl_der(authority=authority) == kept
+
+        # Needed newer than the kept one was issued (a signature made since): a new list.
+        clock.shift(5)
+        issued = _crl(kept).last_update_utc
+        newer = crl_der(authority=authority, newer_than=issued + dt.timedelta(seconds=2))
+        assert _crl(newer).last_update_utc > issued + dt.timedelta(seconds=2)
+
+    # A revocation moves the CRL number on: the next list names it.
+    certificate_revoke(certificate=first, reason="key compromise")
+    after = _crl(crl_der(authority=authority))
+    assert after.get_revoked_certificate_by_serial_number(int(first.serial_number, 16))
+    assert bytes(crl_der(authority=authority)) == after.public_bytes(serialization.Encoding.DER)
 
 
 def test_root_and_crl_are_public_and_the_crl_is_signed_by_the_root(department, api) -> None:

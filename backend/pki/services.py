@@ -22,7 +22,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -364,10 +364,21 @@ _CRL_NUMBER = CompiledQuery(
 )
 
 
+#: How long a built revocation list is used before a new one is built (well inside its
+#: ``CRL_VALIDITY``), in the shared cache and in each process.
+CRL_KEEP_SECONDS = 3600
+
+#: The list this process last used per authority: (CRL number, DER, when it was issued).
+#: The number, read from the database on every call, tells whether it is still current;
+#: the shared cache is asked only when it is not (a trip saved on every verification).
+_HELD_CRLS: dict[tuple[Any, str], tuple[int, bytes, float]] = {}
+
+
 def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None = None) -> bytes:
     """The authority's current certificate revocation list (DER). Rebuilt when a
-    certificate is revoked, hourly, and when the caller needs one issued after
-    ``newer_than`` (a verifier checks revocation against a list newer than the signature).
+    certificate is revoked, hourly (``CRL_KEEP_SECONDS``), and when the caller needs one
+    issued after ``newer_than`` (a verifier checks revocation against a list newer than
+    the signature).
 
     The kept list is found by the authority's ``crl_number``, read from the database on
     every call: a revocation increments it in the same transaction, so the first call
@@ -375,9 +386,19 @@ def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None =
     current = _CRL_NUMBER.first(id=authority.pk)
     if current is None:
         raise CertificateAuthority.DoesNotExist(f"no certificate authority {authority.pk}")
+    wanted = newer_than.timestamp() if newer_than is not None else 0.0
+    held = _HELD_CRLS.get((authority.pk, authority.fingerprint_sha256))
+    if (
+        held is not None
+        and held[0] == current
+        and held[2] >= wanted
+        and time.time() < held[2] + CRL_KEEP_SECONDS
+    ):
+        return held[1]
     key = f"pki:crl:{authority.pk}:{authority.fingerprint_sha256}:{current}"
     cached: tuple[bytes, float] | None = cache.get(key)
-    if cached is not None and (newer_than is None or cached[1] >= newer_than.timestamp()):
+    if cached is not None and cached[1] >= wanted:
+        _HELD_CRLS[(authority.pk, authority.fingerprint_sha256)] = (current, *cached)
         return cached[0]
     ca_certificate, ca_key = _authority_key(authority)
     # CRL times have whole seconds; round up so that "newer than" holds after truncation.
@@ -401,7 +422,8 @@ def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None =
             .build()
         )
     der = builder.sign(ca_key, _hash_for(ca_key)).public_bytes(serialization.Encoding.DER)
-    cache.set(key, (der, now.timestamp()), 3600)
+    cache.set(key, (der, now.timestamp()), CRL_KEEP_SECONDS)
+    _HELD_CRLS[(authority.pk, authority.fingerprint_sha256)] = (current, der, now.timestamp())
     return der
 
 
