@@ -123,4 +123,7 @@ def group_send_soon(sends: list[tuple[str, dict[str, Any]]]) -> None:
         sender = _senders.get(id(loop))
         if sender is None or sender.loop is not loop:
             sender = _senders[id(loop)] = _Sender(loop)
-    loop.call_soon_threadsafe(sender.hand_over, layer, sends)
+    try:
+        loop.call_soon_threadsafe(sender.hand_over, layer, sends)
+    except RuntimeError:  # the server is stopping and its loop closed: nobody to tell
+        logger.warning("channel-layer send dropped: the event loop is closed")
