@@ -28,13 +28,17 @@ it). Connections still go back to the pool at the end of each request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.core import signals
+from django.core.exceptions import RequestAborted
 from django.core.handlers import base
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import FileResponse, HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix
 
 
 class PooledThreadsASGIHandler(ASGIHandler):
@@ -69,8 +73,79 @@ class PooledThreadsASGIHandler(ASGIHandler):
         finally:
             idle.put_nowait(executor)
 
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        """``ASGIHandler.handle`` (Django 5.2) with one trip to the request's thread
+        instead of three: ``request_started``, the middleware and the view, and, for a
+        response that is not streamed, its ``close`` (``request_finished``, which gives
+        the database connection back) run in one call. A streamed response is closed
+        after it is sent, as Django does; so is a request cancelled by a disconnect."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None  # noqa: S101 - Django returns one or the other
+            await signals.request_started.asend(sender=self.__class__, scope=scope)
+            body_file.close()
+            await self.send_response(error_response, send)
+            await sync_to_async(error_response.close)()
+            return
+
+        async def process_request() -> HttpResponseBase:
+            response = await self._respond(request, scope)
+            # The client may go away while it is being sent.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.send_response(response, send)
+            return response
+
+        # As Django: the disconnect listener first, so it cannot keep the request's task
+        # from being cancelled.
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response: HttpResponseBase = tasks[1].result()
+        except asyncio.CancelledError:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            if response.streaming:
+                await sync_to_async(response.close)()
+        body_file.close()
+
+    async def _respond(self, request: HttpRequest, scope: Any) -> HttpResponseBase:
+        def respond() -> HttpResponseBase:
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            response = self.get_response(request)
+            response._handler_class = self.__class__  # type: ignore[attr-defined]
+            if not response.streaming:
+                response.close()  # its body is in hand; the connection goes back now
+            return response
+
+        response = await sync_to_async(respond, thread_sensitive=True)()
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        return response
+
     async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
-        """The sync middleware chain and the view, in one call on the request's thread."""
+        """The sync middleware chain and the view, in one call on the request's thread
+        (what ``handle`` does, less the signals; kept for callers of Django's API)."""
         response = await sync_to_async(self.get_response, thread_sensitive=True)(request)
         response._handler_class = self.__class__  # type: ignore[attr-defined]
         if isinstance(response, FileResponse):
