@@ -1,7 +1,7 @@
 """Django's ASGI handler with the synchronous part of each HTTP request run in one go on
 one of a fixed set of long-lived threads.
 
-Django's own ``ASGIHandler`` has two costs for an application whose views and
+Django's own ``ASGIHandler`` has three costs for an application whose views and
 middleware are synchronous:
 
 - It enters a fresh ``asgiref.sync.ThreadSensitiveContext`` per request, and asgiref
@@ -17,6 +17,10 @@ middleware are synchronous:
   ``get_response`` (middleware and view) runs in one call on the request's thread. An
   async view still works: Django's sync path runs it with ``async_to_sync`` on the
   server's event loop.
+- It sends ``request_started`` and closes the response (``request_finished``) with a
+  trip to the thread each. Here both go in that same call (a streamed response is
+  closed after it is sent), so a request makes one trip, and the database connection
+  goes back to the pool before the response is written.
 
 Correctness is as with Django's handler: one request's sync code runs on one thread (a
 request's database transaction never changes thread), and requests never share a thread
