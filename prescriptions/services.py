@@ -31,7 +31,7 @@ from backend.audit.services import (
     audit_together,
 )
 from backend.compiled_queries import CompiledQuery, CompiledVariants
-from backend.identity.models import User
+from backend.identity.models import Role, User
 from backend.organisations.models import (
     Pharmacy,
     PharmacyStaff,
@@ -705,8 +705,10 @@ def prescription_sign(
 ) -> Prescription:
     """The doctor's signing act: their own second factor, then a signature over the
     canonical content; the prescription goes to the pharmacists' review queue."""
-    # The signed content names the doctor from the locked prescription's own joins.
-    doctor = _practitioner(user, PractitionerKind.DOCTOR, related=())
+    # Refused before the second factor is spent: not a doctor's account. The doctor's
+    # record itself comes with the locked prescription (``_sign``).
+    if user.role != Role.DOCTOR:
+        raise DomainError("permission_denied", "Only a doctor can do this.")
     act = signing_act_authorise(
         user=user,
         otp=otp,
@@ -715,14 +717,14 @@ def prescription_sign(
         meta=meta,
     )
     try:
-        return _sign(doctor=doctor, act=act, prescription_id=prescription_id, meta=meta)
+        return _sign(user=user, act=act, prescription_id=prescription_id, meta=meta)
     except _ControlledRefused as refused:
         # The rules run again at signing (the catalogue or the patient's age may have
         # changed since drafting); a controlled drug refused here is kept, in its own
         # transaction once the signing one is rolled back, like at drafting.
         _record_controlled_attempt(
             consultation=refused.consultation,
-            doctor=doctor,
+            doctor=refused.doctor,
             checks=refused.checks,
             drafts=refused.drafts,
             meta=meta,
@@ -735,23 +737,25 @@ class _ControlledRefused(Exception):
     def __init__(
         self,
         consultation: Consultation,
+        doctor: Practitioner,
         checks: list[rules.Check],
         drafts: list[rules.LineDraft],
     ) -> None:
         super().__init__("controlled_drug_forbidden")
-        self.consultation, self.checks, self.drafts = consultation, checks, drafts
+        self.consultation, self.doctor = consultation, doctor
+        self.checks, self.drafts = checks, drafts
 
 
 def _sign(
-    *,
-    doctor: Practitioner,
-    act: SigningAct,
-    prescription_id: UUID | str,
-    meta: RequestMeta | None,
+    *, user: User, act: SigningAct, prescription_id: UUID | str, meta: RequestMeta | None
 ) -> Prescription:
-    user = doctor.user
     with transaction.atomic():
         prescription = _locked(prescription_id, "consultation")
+        # The prescriber's record came with the row; anyone else's is read to tell them
+        # which refusal is theirs (another hospital's prescription, or not their patient).
+        doctor = prescription.doctor
+        if doctor.user_id != user.pk:
+            doctor = _practitioner(user, PractitionerKind.DOCTOR, related=())
         if prescription.hospital_id != doctor.hospital_id:
             raise DomainError("not_found", "No such prescription.")
         consultation = prescription.consultation
@@ -763,7 +767,7 @@ def _sign(
         drafts = _stored_drafts(prescription, lines)
         checks = prescription_checks_of(prescription=prescription, lines=lines)
         if any(c.rule == "controlled_drug_forbidden" and c.outcome == "error" for c in checks):
-            raise _ControlledRefused(consultation, checks, drafts)
+            raise _ControlledRefused(consultation, doctor, checks, drafts)
         rules.raise_for(checks)
         # One clock reading for the issue time and the signature time, so that a
         # signature made at midnight is not dated the day after its issue: the one the

@@ -28,7 +28,7 @@ pytestmark = [
 #: Statements per request (the transaction's BEGIN/COMMIT and savepoints not counted).
 BUDGET = {
     "create": 11,
-    "sign": 17,
+    "sign": 16,
     "approve": 23,
     "code": 6,
     "claim": 14,

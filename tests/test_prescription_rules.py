@@ -15,6 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from backend.patients.models import PatientProfile
+from backend.pki.services import certificate_issue
 from consultations.models import Consultation
 from prescriptions.catalogue import drug_catalogue_import
 from prescriptions.models import (
@@ -115,6 +116,18 @@ def test_a_doctor_of_another_hospital_does_not_even_see_the_consultation(departm
     body = {"consultation": scene.consultation_id, "lines": [line()]}
     assert_problem(session.post(f"{CONSOLE}/prescriptions", body, format="json"), 404, "not_found")
     assert prescriptions_of(scene.consultation_id) == 0
+
+    # Nor the treating doctor's draft, which is not there for them either.
+    certificate_issue(practitioner=stranger)  # a signer in their own hospital
+    prescription_id = _draft_id(scene.draft())
+    sign = session.post(
+        f"{CONSOLE}/prescriptions/{prescription_id}/sign",
+        {"otp": fresh_otp(stranger.user)},
+        format="json",
+    )
+    assert_problem(sign, 404, "not_found")
+    assert Prescription.objects.get(pk=prescription_id).status == "draft"
+    assert not PrescriptionVersion.objects.filter(prescription_id=prescription_id).exists()
 
 
 def test_prescribing_stays_open_for_the_grace_period_after_the_consultation_ended(
