@@ -82,7 +82,8 @@ class PooledThreadsASGIHandler(ASGIHandler):
         instead of three: ``request_started``, the middleware and the view, and, for a
         response that is not streamed, its ``close`` (``request_finished``, which gives
         the database connection back) run in one call. A streamed response is closed
-        after it is sent, as Django does; so is a request cancelled by a disconnect."""
+        after it is sent, as Django does; so is a request cancelled by a disconnect.
+        (Django's ``run_get_response``, which runs the chain in async mode, is not used.)"""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
@@ -143,15 +144,6 @@ class PooledThreadsASGIHandler(ASGIHandler):
             return response
 
         response = await sync_to_async(respond, thread_sensitive=True)()
-        if isinstance(response, FileResponse):
-            response.block_size = self.chunk_size
-        return response
-
-    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
-        """The sync middleware chain and the view, in one call on the request's thread
-        (what ``handle`` does, less the signals; kept for callers of Django's API)."""
-        response = await sync_to_async(self.get_response, thread_sensitive=True)(request)
-        response._handler_class = self.__class__  # type: ignore[attr-defined]
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size
         return response

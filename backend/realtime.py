@@ -81,14 +81,14 @@ class _Sender:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: deque[tuple[Any, list[tuple[str, dict[str, Any]]]]] = deque()
-        self.running = False
+        #: The drain while it runs (held: the loop keeps only a weak reference to a task).
+        self.draining: asyncio.Task[None] | None = None
 
     def hand_over(self, layer: Any, sends: list[tuple[str, dict[str, Any]]]) -> None:
         """On the loop: queue the sends, and start the one drain if it is not running."""
         self.pending.append((layer, sends))
-        if not self.running:
-            self.running = True
-            self.loop.create_task(self._drain())
+        if self.draining is None:
+            self.draining = self.loop.create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -100,7 +100,7 @@ class _Sender:
                 except Exception:  # the store is the truth; clients catch up on resume
                     logger.warning("channel-layer send failed", exc_info=True)
         finally:
-            self.running = False
+            self.draining = None
 
 
 _senders: dict[int, _Sender] = {}

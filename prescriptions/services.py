@@ -1057,12 +1057,12 @@ def _codes_equal(given: str, expected: str) -> bool:
 
 
 #: Wrong codes in the window by this pharmacy or for this prescription. The limits stop
-#: new rows once reached (the check comes first), so there are seldom more than the two
-#: limits together; the cap only bounds a read that could never change the answer.
+#: new rows once reached (the check comes first), so there are about as many as the two
+#: limits together at most.
 _RECENT_FAILURES = CompiledQuery(
     lambda p: AccessCodeFailure.objects.filter(
         Q(pharmacy=p.pharmacy) | Q(prescription_id=p.prescription), created_at__gte=p.since
-    ).values_list("pharmacy_id", "prescription_id")[:1000],
+    ).values_list("pharmacy_id", "prescription_id"),
     pharmacy=AccessCodeFailure._meta.get_field("pharmacy"),
     prescription=AccessCodeFailure._meta.get_field("prescription_id"),
     since=AccessCodeFailure._meta.get_field("created_at"),
