@@ -28,13 +28,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from django.core.cache import cache
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from backend.api.problems import DomainError
-from backend.audit.models import AuditEvent
+from backend.audit.models import AuditChainHead, AuditEvent
 from backend.identity.models import Role, User
 from backend.identity.services import totp_code_at
 from backend.organisations.models import Hospital, Practitioner, PractitionerKind
@@ -408,7 +408,11 @@ def test_root_and_crl_are_public_and_the_crl_is_signed_by_the_root(department, a
     assert after.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number + 1
     entry = after.get_revoked_certificate_by_serial_number(int(issued.serial_number, 16))
     assert entry is not None
-    assert entry.revocation_date_utc == revoked.revoked_at.replace(microsecond=0)
+    # Listed at the next whole second (CRL times have no fraction): never before it.
+    listed = revoked.revoked_at.replace(microsecond=0)
+    if revoked.revoked_at.microsecond:
+        listed += dt.timedelta(seconds=1)
+    assert entry.revocation_date_utc == listed
     assert len(after) == 1  # the pharmacist's certificate is not listed
 
     # Revoking again changes nothing: same date, no new list.
@@ -534,6 +538,7 @@ def test_a_copied_act_does_not_give_a_second_signature(department) -> None:
     assert refused.value.code == "signature_required"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_copies_of_one_act_racing_in_threads_give_one_signature(department) -> None:
     doctor = _doctor(department)
     certificate_issue(practitioner=doctor)
@@ -545,13 +550,16 @@ def test_copies_of_one_act_racing_in_threads_give_one_signature(department) -> N
     def spend(one: SigningAct) -> None:
         start.wait()
         try:
-            # Dated at the act's check: no database read on these threads' connections.
-            signature_create(
-                act=one, purpose="prescription", data=b"content", signed_at=one.checked_at
-            )
+            # As a service does: in the transaction that stores the signature.
+            with transaction.atomic():
+                signature_create(
+                    act=one, purpose="prescription", data=b"content", signed_at=one.checked_at
+                )
             outcomes.append("signed")
         except DomainError as refused:
             outcomes.append(refused.code)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=spend, args=(one,)) for one in copies]
     for thread in threads:
@@ -804,35 +812,121 @@ def test_a_revoked_certificate_cannot_sign(department) -> None:
     assert scene.sign(prescription_id).status_code == 200
 
 
-def test_a_signature_dated_when_the_act_read_the_certificate_reads_it_once(department) -> None:
+def _lock_waits() -> int:
+    """Sessions of this test database waiting for a row lock (PostgreSQL)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+def _until(condition: Any, what: str, seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.usefixtures("icd10")
+@pytest.mark.django_db(transaction=True)
+def test_a_signature_racing_an_uncommitted_revocation_waits_for_it_and_is_refused(
+    department,
+) -> None:
+    """The revocation has read its clock and written itself but not committed when the
+    doctor signs (the signing act reads the certificate as still good, and is dated later
+    than the revocation). The signature waits for the revocation's commit and is refused:
+    accepted, it would verify nowhere, since the CRL names the certificate as revoked
+    before it was made."""
+    require_postgres("the revocation race (row locks, separate connections)")
+    scene = RxScene(department)
+    prescription_id = scene.draft().json()["id"]
+    certificate = certificate_current(user=scene.doctor.user, role=CertificateRole.DOCTOR)
+    assert certificate is not None
+    otp = fresh_otp(scene.doctor.user)
+    holding, release = threading.Event(), threading.Event()
+    answers: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def hold_the_audit_chain() -> None:
+        # The revocation's audit record waits here, after its UPDATE, before its commit.
+        try:
+            with transaction.atomic():
+                AuditChainHead.objects.select_for_update().get(name="main")
+                holding.set()
+                release.wait(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def revoke() -> None:
+        try:
+            certificate_revoke(
+                certificate=SigningCertificate.objects.get(pk=certificate.pk),
+                reason="key compromise",
+            )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def sign() -> None:
+        try:
+            answers["sign"] = scene.sign(prescription_id, otp)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_audit_chain)
+    holder.start()
+    assert holding.wait(timeout=15)
+    revoker = threading.Thread(target=revoke)
+    revoker.start()
+    _until(lambda: _lock_waits() >= 1, "the revocation to wait for the audit chain")
+    signer = threading.Thread(target=sign)
+    signer.start()
+    _until(lambda: _lock_waits() >= 2, "the signature to wait")
+    release.set()
+    for thread in (holder, revoker, signer):
+        thread.join(timeout=30)
+    assert errors == []
+
+    assert_problem(answers["sign"], 409, "certificate_revoked")
+    assert status_of(prescription_id) == "draft"
+    assert not PrescriptionVersion.objects.filter(prescription_id=prescription_id).exists()
+    # With a current certificate the doctor signs, and the bundle verifies.
+    certificate_issue(practitioner=scene.doctor)
+    assert scene.sign(prescription_id).status_code == 200
+
+
+def test_a_revocation_committed_after_the_act_refuses_its_signature(department) -> None:
     doctor = _doctor(department)
     issued = certificate_issue(practitioner=doctor)
     act = _authorise(doctor)
     assert act.checked_at is not None
     assert act.checked_at <= timezone.now()
-    # Revoked after the act read it: a signature dated at the act's reading was made
-    # while the certificate was good, and nothing is read again for it.
+    # Revoked after the act read the certificate: the signature, even dated at the act's
+    # reading, is made after the revocation and is refused. The certificate is read
+    # again with the lock a revocation takes before it reads its clock.
     certificate_revoke(certificate=issued, reason="key compromise")
-    with CaptureQueriesContext(connection) as queries:
-        signature = signature_create(
-            act=act, purpose="prescription", data=b"content", signed_at=act.checked_at
-        )
-    assert queries.captured_queries == []
-    assert signature.signed_at == act.checked_at
-    assert _verifies(_cert(issued).public_key(), signature.value, b"content")
-    # Dated later, the same act's certificate is read again and the revocation refuses it.
+    with CaptureQueriesContext(connection) as queries, pytest.raises(DomainError) as refused:
+        signature_create(act=act, purpose="prescription", data=b"content", signed_at=act.checked_at)
+    assert refused.value.code == "certificate_revoked"
+    assert len(queries.captured_queries) == 1
+    if connection.vendor == "postgresql":
+        assert queries.captured_queries[0]["sql"].endswith("FOR NO KEY UPDATE")
+    # Not revoked, the same read lets it sign, dated at the act's reading.
     issued = certificate_issue(practitioner=doctor)
     act = _authorise(doctor)
-    certificate_revoke(certificate=issued, reason="key compromise")
-    assert act.checked_at is not None
-    with pytest.raises(DomainError) as refused:
-        signature_create(
-            act=act,
-            purpose="prescription",
-            data=b"content",
-            signed_at=act.checked_at + dt.timedelta(microseconds=1),
-        )
-    assert refused.value.code == "certificate_revoked"
+    signature = signature_create(
+        act=act, purpose="prescription", data=b"content", signed_at=act.checked_at
+    )
+    assert signature.signed_at == act.checked_at
+    assert _verifies(_cert(issued).public_key(), signature.value, b"content")
 
 
 def test_an_expired_certificate_cannot_sign(department) -> None:

@@ -28,8 +28,8 @@ pytestmark = [
 #: Statements per request (the transaction's BEGIN/COMMIT and savepoints not counted).
 BUDGET = {
     "create": 11,
-    "sign": 16,
-    "approve": 23,
+    "sign": 17,
+    "approve": 24,
     "code": 6,
     "claim": 14,
     "dispense": 18,

@@ -418,6 +418,40 @@ def test_a_certificate_revoked_after_signing_still_verifies(scene) -> None:
         assert verify_bundle(served.json()).prescription_id == prescription_id
 
 
+def test_a_revocation_later_in_the_same_second_leaves_the_signatures_valid(scene) -> None:
+    """A CRL's dates have whole seconds. Signed and approved at .200 and both certificates
+    revoked at .800 of the same second: the list must not date the revocations at the
+    start of that second, before the signatures, or a prescription the server accepted
+    would be refused by every pharmacy."""
+    moment = (timezone.now() + dt.timedelta(seconds=3)).replace(microsecond=200_000)
+    with time_machine.travel(moment, tick=False):
+        prescription_id = scene.active()
+    doctor_cert = current(scene, CertificateRole.DOCTOR)
+    pharmacist_cert = current(scene, CertificateRole.PHARMACIST)
+    revoked_at = moment + dt.timedelta(milliseconds=600)
+    with time_machine.travel(revoked_at, tick=False):
+        certificate_revoke(certificate=doctor_cert, reason="left the hospital")
+        certificate_revoke(certificate=pharmacist_cert, reason="left the hospital")
+        bundle = console_bundle(scene, prescription_id)
+        assert dt.datetime.fromisoformat(bundle["doctor_signature"]["signed_at"]) == moment
+        assert dt.datetime.fromisoformat(bundle["review"]["signature"]["signed_at"]) == moment
+        crl = x509.load_der_x509_crl(_decode(bundle["crl"]))
+        for certificate in (doctor_cert, pharmacist_cert):
+            certificate.refresh_from_db()
+            assert certificate.revoked_at == revoked_at
+            entry = crl.get_revoked_certificate_by_serial_number(int(certificate.serial_number, 16))
+            assert entry is not None
+            # Listed at the next whole second: after the signatures, not before them.
+            assert entry.revocation_date_utc == moment.replace(microsecond=0) + dt.timedelta(
+                seconds=1
+            )
+        assert verify_bundle(bundle).prescription_id == prescription_id
+        detail = scene.doctor_session.get(f"{CONSOLE}/prescriptions/{prescription_id}").json()
+        assert detail["verification"]["valid"] is True, detail["verification"]
+        claim = scene.claim(prescription_id)
+        assert claim.status_code == 200, claim.content
+
+
 def test_a_revocation_issued_after_a_verification_is_in_the_next_one(scene) -> None:
     """The server keeps its signed revocation list between requests; a revocation makes
     the next verification use a new list that names it."""

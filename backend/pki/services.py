@@ -304,12 +304,21 @@ def _revoke(
     actor: User | None,
     meta: RequestMeta | None,
 ) -> None:
+    # The row is locked before the clock is read. A signature in progress holds the same
+    # lock until its transaction commits (``signature_create``), so the revocation is
+    # either committed before a signature reads the certificate (which refuses it) or
+    # dated after that signature's commit: every signature accepted here is dated before
+    # the revocation, in the database and in the CRL.
+    if (
+        not SigningCertificate.objects.select_for_update(no_key=True)
+        .filter(pk=certificate.pk, revoked_at=None)
+        .exists()
+    ):
+        return
     now = timezone.now()
-    updated = SigningCertificate.objects.filter(pk=certificate.pk, revoked_at=None).update(
+    SigningCertificate.objects.filter(pk=certificate.pk).update(
         revoked_at=now, revocation_reason=reason[:200]
     )
-    if not updated:
-        return
     certificate.revoked_at = now
     certificate.revocation_reason = reason[:200]
     CertificateAuthority.objects.filter(pk=certificate.authority_id).update(
@@ -374,6 +383,15 @@ CRL_KEEP_SECONDS = 3600
 _HELD_CRLS: dict[tuple[Any, str], tuple[int, bytes, float]] = {}
 
 
+def _whole_second_up(moment: dt.datetime) -> dt.datetime:
+    """A CRL's times have whole seconds. A revocation is listed at the next one, so that a
+    signature made earlier in the same second is not read as made after it (the server
+    refuses every signature from the revocation's commit on, which is later still)."""
+    if moment.microsecond == 0:
+        return moment
+    return moment.replace(microsecond=0) + dt.timedelta(seconds=1)
+
+
 def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None = None) -> bytes:
     """The authority's current certificate revocation list (DER). Rebuilt when a
     certificate is revoked, hourly (``CRL_KEEP_SECONDS``), and when the caller needs one
@@ -418,7 +436,7 @@ def crl_der(*, authority: CertificateAuthority, newer_than: dt.datetime | None =
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
             .serial_number(int(serial, 16))
-            .revocation_date(revoked_at)
+            .revocation_date(_whole_second_up(revoked_at))
             .build()
         )
     der = builder.sign(ca_key, _hash_for(ca_key)).public_bytes(serialization.Encoding.DER)
@@ -537,8 +555,14 @@ def signing_act_authorise(
     )
 
 
-_REVOKED_AT = CompiledQuery(
-    lambda p: SigningCertificate.objects.filter(pk=p.id).values_list("revoked_at", flat=True),
+#: The certificate's revocation, read under the lock a revocation takes first (``_revoke``).
+_HELD_REVOKED_AT = CompiledQuery(
+    lambda p: (
+        SigningCertificate.objects.select_for_update(no_key=True)
+        .filter(pk=p.id)
+        .order_by()
+        .values_list("revoked_at", flat=True)
+    ),
     id=SigningCertificate._meta.pk,
 )
 
@@ -548,8 +572,14 @@ def signature_create(
 ) -> Signature:
     """Sign ``data`` for the person who made ``act``; each act signs once (a copy of the
     act is the same act). ``signed_at`` lets the caller date the signature with the same
-    clock reading as the content it signs (``act.checked_at`` spares a second read of
-    the certificate)."""
+    clock reading as the content it signs (``act.checked_at``, read before the act read
+    the certificate).
+
+    Call inside the transaction that stores the signature: the certificate's row is
+    read again under a lock held until that transaction ends. A revocation committed
+    since the act refuses the signature; one not yet committed waits for it and is dated
+    after it (``_revoke`` locks before it reads the clock), so the revocation list never
+    names the certificate as revoked before a signature this function made."""
     with _SPENDING:
         if (
             not isinstance(act, SigningAct)
@@ -560,14 +590,11 @@ def signature_create(
         ):
             raise DomainError("signature_required", "Sign again with a fresh authenticator code.")
         act._spent[0] = True
-    # The certificate as the act found it (valid then); a signature dated after that reads
-    # again whether it has been revoked since.
     certificate = act.certificate
     now = signed_at or timezone.now()
-    if act.checked_at is None or now > act.checked_at:
-        (revoked_at,) = _REVOKED_AT.all(id=certificate.pk)
-        if revoked_at is not None:
-            raise DomainError("certificate_revoked")
+    held = _HELD_REVOKED_AT.all(id=certificate.pk)
+    if not held or held[0] is not None:
+        raise DomainError("certificate_revoked")
     if not certificate.not_before <= now < certificate.not_after:
         raise DomainError("no_signing_certificate", "Your signing certificate has expired.")
     value = signer().sign(certificate=certificate, data=data)
