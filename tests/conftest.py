@@ -107,11 +107,22 @@ def _fast_password_hashing(settings: Any) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _close_connection_pool(django_db_setup: Any, django_db_blocker: Any) -> Any:
     """Close PostgreSQL's connection pool (its connections outlive the threads that used
-    them) before the test database is dropped, so the drop is not refused."""
+    them) before the test database is dropped, so the drop is not refused; and end the
+    sessions that threads of this process still hold on it (the chat consumer's writer
+    threads keep their connections, as they do in production, and asgiref's shared
+    thread keeps what an async test's ``sync_to_async`` calls opened)."""
     yield
     from django.db import connections
 
     with django_db_blocker.unblock():
+        default = connections["default"]
+        if default.vendor == "postgresql":
+            with default.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        connections.close_all()
         for conn in connections.all():
             close_pool = getattr(conn, "close_pool", None)
             if close_pool is not None:

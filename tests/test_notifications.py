@@ -4,6 +4,7 @@ connected does not. Pushes carry no health data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -12,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from asgiref.sync import sync_to_async
 
-from backend.celery import app as celery_app
 from backend.notifications.backends import PushDeliveryError, push_backend
 from backend.notifications.models import Device
 from backend.notifications.services import device_register, push_deliver
@@ -25,7 +25,9 @@ from tests.consult_helpers import (
     ready_doctor,
     request_consultation,
 )
+from tests.consult_http_helpers import require_postgres
 from tests.factories import DepartmentFactory, PatientFactory
+from tests.worker_helpers import WorkerProcess
 
 
 class _Gateway(BaseHTTPRequestHandler):
@@ -52,14 +54,39 @@ def gateway(settings):
     settings.PUSH_HTTP_URL = f"http://127.0.0.1:{server.server_address[1]}/push"
     settings.PUSH_HTTP_TOKEN = "gw-token"
     push_backend.cache_clear()
-    # Run the push task in-process so the test sees its effect (the worker itself is
-    # exercised in tests/test_worker.py).
-    celery_app.conf.task_always_eager = True
     yield _Gateway
-    celery_app.conf.task_always_eager = False
     push_backend.cache_clear()
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def push_worker(gateway, settings, tmp_path):
+    """A real Celery worker, on the broker this process queues to, that sends pushes to
+    the gateway above."""
+    require_postgres("a worker on the test database")
+    worker = WorkerProcess(
+        tmp_path / "worker.log",
+        env={
+            "PUSH_BACKEND": settings.PUSH_BACKEND,
+            "PUSH_HTTP_URL": settings.PUSH_HTTP_URL,
+            "PUSH_HTTP_TOKEN": settings.PUSH_HTTP_TOKEN,
+        },
+    )
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def _pushes(gateway: type[_Gateway], count: int, worker: WorkerProcess) -> list[dict]:
+    """The gateway's requests once ``count`` have come (the worker sends them)."""
+    for _ in range(600):
+        if len(gateway.received) >= count:
+            return list(gateway.received)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(gateway.received)} pushes of {count}\n{worker.tail()}")
 
 
 @pytest.mark.django_db
@@ -126,10 +153,10 @@ def _consultation_in_progress():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("icd10")
-async def test_only_a_participant_who_is_away_gets_a_push(gateway):
+async def test_only_a_participant_who_is_away_gets_a_push(gateway, push_worker):
     account, doctor, consultation_id = await sync_to_async(_consultation_in_progress)()
     # The patient was away when the doctor accepted: they were told, without health data.
-    assert [(r["token"], r["data"]) for r in gateway.received] == [
+    assert [(r["token"], r["data"]) for r in await _pushes(gateway, 1, push_worker)] == [
         ("patient-phone", {"consultation": consultation_id, "status": "in_progress"})
     ]
     gateway.received.clear()
@@ -173,8 +200,11 @@ async def test_only_a_participant_who_is_away_gets_a_push(gateway):
     assert ack["type"] == "message.ack"
     await close_socket(doc)
 
-    assert len(gateway.received) == 1
-    push = gateway.received[0]
+    # One worker takes the queue in order: had the first message (the patient in the
+    # chat) queued a push, it would have come before this one.
+    received = await _pushes(gateway, 1, push_worker)
+    assert len(received) == 1
+    push = received[0]
     assert push["token"] == "patient-phone"
     assert push["data"] == {"consultation": consultation_id, "seq": ack["seq"]}
     assert "血压" not in json.dumps(push, ensure_ascii=False)  # no health data in pushes
