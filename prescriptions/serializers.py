@@ -260,7 +260,9 @@ class SecretInput(serializers.Serializer):  # type: ignore[type-arg]
 
 
 class ReleaseInput(SecretInput):
-    reason = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    reason = serializers.CharField(
+        max_length=500, help_text="why the pharmacy gives the claim back (out of stock, …)"
+    )
 
 
 class DispenseItemInput(serializers.Serializer):  # type: ignore[type-arg]

@@ -1217,8 +1217,14 @@ def prescription_release(
     reason: str,
     meta: RequestMeta | None = None,
 ) -> Prescription:
-    """The pharmacy gives the claim back; the old secret is useless from now on. A
-    cancel that was pending takes effect."""
+    """The pharmacy gives the claim back, with a reason (CONTRACT 5); the old secret is
+    useless from now on. A cancel that was pending takes effect."""
+    if not reason.strip():
+        raise DomainError(
+            "validation_error",
+            "Say why the claim is given back.",
+            errors={"reason": ["This field may not be blank."]},
+        )
     staff = staff_of(user)
     with transaction.atomic():
         prescription = _locked(prescription_id)
@@ -1240,7 +1246,7 @@ def _release(
         "release",
         actor=actor,
         pharmacy=pharmacy,
-        reason=reason.strip() or "released",
+        reason=reason.strip(),
         meta=meta,
         changes=_end_claim(),
     )

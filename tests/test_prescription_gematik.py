@@ -47,6 +47,7 @@ from tests.consult_http_helpers import (
     require_postgres,
 )
 from tests.rx_helpers import (
+    PHARMACY,
     RxScene,
     console_session,
     line,
@@ -250,6 +251,23 @@ def test_a_cancel_while_claimed_is_pending_until_the_pharmacy_releases(scene: Rx
         410,
         "prescription_cancelled",
     )
+
+
+def test_a_release_needs_a_reason_and_keeps_it(scene: RxScene) -> None:
+    prescription_id, secret = scene.claimed()
+    url = f"{PHARMACY}/prescriptions/{prescription_id}/release"
+    for body in ({"claim_secret": secret}, {"claim_secret": secret, "reason": "  "}):
+        refused = assert_problem(
+            scene.pharmacy_api.post(url, body, format="json"), 400, "validation_error"
+        )
+        assert "reason" in refused["errors"]
+    # Refused, the claim is untouched: still this pharmacy's, with the same secret.
+    assert status_of(prescription_id) == "claimed"
+    assert count_events(prescription_id, "release") == 0
+
+    assert _ok(release(scene.pharmacy_api, prescription_id, secret, "缺货"))["status"] == "active"
+    event = PrescriptionEvent.objects.get(prescription_id=prescription_id, action="release")
+    assert (event.reason, event.pharmacy_id) == ("缺货", scene.pharmacy.pk)
 
 
 # --- The old secret is useless after a release ----------------------------------------------------
