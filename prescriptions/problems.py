@@ -13,6 +13,7 @@ for _code, _status, _title in (
     ("prescription_state_conflict", 409, "The prescription is not in a state that allows this"),
     ("not_reviewed", 409, "The prescription has not been approved by a pharmacist"),
     ("not_your_review", 403, "The prescription belongs to another hospital"),
+    ("pharmacist_not_qualified", 403, "The pharmacist is not filed or not licensed"),
     ("bad_access_code", 403, "The access code is wrong"),
     ("too_many_attempts", 429, "Too many wrong access codes; try again later"),
     ("already_claimed", 409, "Another pharmacy has claimed this prescription"),

@@ -33,6 +33,8 @@ from backend.audit.services import (
 from backend.compiled_queries import CompiledQuery, CompiledVariants
 from backend.identity.models import Role, User
 from backend.organisations.models import (
+    FilingStatus,
+    Hospital,
     Pharmacy,
     PharmacyStaff,
     Practitioner,
@@ -278,10 +280,30 @@ def _treating(consultation: Consultation, doctor: Practitioner) -> None:
     raise DomainError("prescribing_closed", "Accept the consultation before prescribing.")
 
 
+def _licensed(practitioner: Practitioner, hospital: Hospital, code: str) -> None:
+    """A prescriber or a reviewer acts only while filed here with a valid licence, at a
+    hospital whose own licence is valid (DOMAIN rules 1 and 6): checked at each act,
+    since a filing can be withdrawn or a licence lapse after the consultation began."""
+    today = timezone.localdate()
+    problems = []
+    if practitioner.filing_status != FilingStatus.FILED:
+        problems.append(f"filing status is {practitioner.filing_status}, not filed")
+    if practitioner.licence_valid_until < today:
+        problems.append(f"practice licence expired on {practitioner.licence_valid_until}")
+    if hospital.practice_licence_valid_until < today:
+        problems.append("the hospital's practice licence has expired")
+    if problems:
+        raise DomainError(
+            code, "Not qualified: " + "; ".join(problems) + ".", extra={"reasons": problems}
+        )
+
+
 def _pharmacist_of(user: User, prescription: Prescription) -> Practitioner:
+    """The reviewing pharmacist: of the prescription's hospital, filed and licensed."""
     pharmacist = _practitioner(user, PractitionerKind.PHARMACIST, related=())
     if pharmacist.hospital_id != prescription.hospital_id:
         raise DomainError("not_your_review")
+    _licensed(pharmacist, prescription.hospital, "pharmacist_not_qualified")
     return pharmacist
 
 
@@ -761,6 +783,7 @@ def _sign(
         consultation = prescription.consultation
         consultation.profile = prescription.profile  # a prescription is for its visit's patient
         _treating(consultation, doctor)
+        _licensed(doctor, prescription.hospital, "doctor_not_qualified")
         if prescription.status != S.DRAFT:
             raise _state_error(prescription, "sign")
         lines = lines_read(prescription)

@@ -265,6 +265,61 @@ def test_the_doctor_cannot_approve_their_own_prescription(department) -> None:
     assert count_events(prescription_id, "approve") == 0
 
 
+def test_a_pharmacist_not_filed_or_not_licensed_cannot_review(department) -> None:
+    """Rule 6: the reviewer is a licensed pharmacist, filed here, at each review."""
+    scene = RxScene(department)
+    prescription_id = scene.signed()
+    pharmacist = scene.pharmacist
+    yesterday = timezone.localdate() - dt.timedelta(days=1)
+    for fields, reason in (
+        ({"filing_status": "pending"}, "filing status is pending, not filed"),
+        ({"licence_valid_until": yesterday}, f"practice licence expired on {yesterday}"),
+    ):
+        type(pharmacist).objects.filter(pk=pharmacist.pk).update(**fields)
+        for response in (scene.approve(prescription_id), reject(scene, prescription_id)):
+            body = assert_problem(response, 403, "pharmacist_not_qualified")
+            assert body["reasons"] == [reason]
+        type(pharmacist).objects.filter(pk=pharmacist.pk).update(
+            filing_status="filed", licence_valid_until=pharmacist.licence_valid_until
+        )
+        assert status_of(prescription_id) == "under_review"
+        assert count_events(prescription_id, "approve") == 0
+        assert count_events(prescription_id, "reject") == 0
+        version = PrescriptionVersion.objects.get(prescription_id=prescription_id)
+        assert (version.review_result, version.reviewed_by_id) == ("", None)
+
+    # The hospital's own licence lapsed: neither the doctor signs nor the pharmacist reviews.
+    hospital = department.hospital
+    type(hospital).objects.filter(pk=hospital.pk).update(practice_licence_valid_until=yesterday)
+    body = assert_problem(scene.approve(prescription_id), 403, "pharmacist_not_qualified")
+    assert body["reasons"] == ["the hospital's practice licence has expired"]
+    draft = _draft_id(scene.draft())
+    body = assert_problem(scene.sign(draft), 403, "doctor_not_qualified")
+    assert body["reasons"] == ["the hospital's practice licence has expired"]
+    type(hospital).objects.filter(pk=hospital.pk).update(
+        practice_licence_valid_until=hospital.practice_licence_valid_until
+    )
+
+    # Filed and licensed again, the same pharmacist approves.
+    assert scene.approve(prescription_id).status_code == 200
+    assert status_of(prescription_id) == "active"
+
+
+def test_a_doctor_whose_filing_was_withdrawn_cannot_sign(department) -> None:
+    """Rules 1 and 6: qualified when the consultation was accepted is not enough; the
+    doctor is filed and licensed when signing too."""
+    scene = RxScene(department)
+    prescription_id = _draft_id(scene.draft())
+    doctor = scene.doctor
+    type(doctor).objects.filter(pk=doctor.pk).update(filing_status="revoked")
+    body = assert_problem(scene.sign(prescription_id), 403, "doctor_not_qualified")
+    assert body["reasons"] == ["filing status is revoked, not filed"]
+    assert status_of(prescription_id) == "draft"
+    assert not PrescriptionVersion.objects.filter(prescription_id=prescription_id).exists()
+    type(doctor).objects.filter(pk=doctor.pk).update(filing_status="filed")
+    assert scene.sign(prescription_id).status_code == 200
+
+
 # --- Rule 7: no specially controlled drug online ----------------------------------------------
 
 
