@@ -1,11 +1,13 @@
-"""What the provincial platform receives about prescriptions: the signed prescription
-(issued, revoked, expired), the pharmacist's review, and dispense and delivery, plus the
-controlled-drug alert. Built here, handed to the regulators outbox in the same
+"""What the provincial platform receives about prescriptions: every transition (DOMAIN,
+"Prescription lifecycle"): the signed prescription (issued, superseded, revoked,
+expired), the pharmacist's review, a pharmacy's claim and its release, dispense and
+delivery; plus the controlled-drug alert. Built here, handed to the regulators outbox in the same
 transaction as the change."""
 
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from django.utils import timezone
@@ -22,11 +24,19 @@ from prescriptions.models import (
     PrescriptionLine,
     PrescriptionVersion,
 )
-from prescriptions.signing import line_content
+from prescriptions.signing import PRIVATE_KEYS, line_content, signature_block
 from regulators.models import AlertKind
 from regulators.services import alert_raise, outbox_append
 
-_PRESCRIPTION_STATUS = {"sign": "issued", "cancel": "revoked", "expire": "expired"}
+#: The prescription's own record, per transition: the signed version issued (signing and
+#: the hand-over to review are one transaction and one record), revoked, expired, or
+#: superseded when the doctor reopens it after a rejection to sign a new version.
+_PRESCRIPTION_STATUS = {
+    "sign": "issued",
+    "cancel": "revoked",
+    "expire": "expired",
+    "revise": "superseded",
+}
 
 
 def _time(value: Any) -> str | None:
@@ -46,10 +56,12 @@ def _version(prescription: Prescription) -> PrescriptionVersion | None:
         return in_hand
     return (
         PrescriptionVersion.objects.select_related(
-            "doctor_certificate", "pharmacist_certificate", "reviewed_by__user"
+            "doctor_certificate__authority",
+            "pharmacist_certificate__authority",
+            "reviewed_by__user",
         )
-        # The payloads name the certificates, never sign with them.
-        .defer("doctor_certificate__private_key_pem", "pharmacist_certificate__private_key_pem")
+        # The payloads carry the certificates, never sign with them.
+        .defer(*PRIVATE_KEYS)
         .filter(prescription=prescription)
         .order_by("-version")
         .first()
@@ -79,13 +91,21 @@ def _prescription_payload(
         "guardian": prescription.guardian,
         "specialist": prescription.specialist,
         "chronic_reason": prescription.chronic_reason,
-        "doctor_signature": {
-            "value": base64.b64encode(bytes(version.doctor_signature)).decode(),
-            "signed_at": _time(version.signed_at),
-            "certificate_serial": version.doctor_certificate.serial_number,
-            "algorithm": version.doctor_certificate.algorithm,
-        },
+        # What the platform verifies the prescription from (DOMAIN rule 10): the exact
+        # signed bytes, the signature and its certificate chain up to the hospital's root
+        # (the root it pins from the institution's filing), as in the pharmacy's bundle.
+        "signed_content": base64.b64encode(bytes(version.signed_bytes)).decode(),
+        "doctor_signature": signature_block(
+            certificate=version.doctor_certificate,
+            value=bytes(version.doctor_signature),
+            signed_at=version.signed_at,
+        ),
     }
+    if event.action == "revise":
+        # The superseded version's own times (the prescription's are cleared for the next).
+        signed = json.loads(bytes(version.signed_bytes))
+        payload["issued_at"] = signed["issued_at"]
+        payload["valid_until"] = signed["validity"]["valid_until"]
     if event.reason:
         payload["reason"] = event.reason
     # An order opens only on approval (DOMAIN rule 6), so a signature never has one.
@@ -99,22 +119,52 @@ def _prescription_payload(
 
 def _review_payload(prescription: Prescription, version: PrescriptionVersion) -> dict[str, Any]:
     assert version.reviewed_by is not None  # noqa: S101 - set by the review just before
-    signature = None
-    certificate = version.pharmacist_certificate
-    if version.pharmacist_signature is not None and certificate is not None:
-        signature = {
-            "value": base64.b64encode(bytes(version.pharmacist_signature)).decode(),
-            "certificate_serial": certificate.serial_number,
-        }
-    return {
+    payload: dict[str, Any] = {
         "prescription_id": str(prescription.pk),
         "version": version.version,
         "pharmacist": _staff(version.reviewed_by),
         "reviewed_at": _time(version.reviewed_at),
         "result": "pass" if version.review_result == "approved" else "fail",
         "reason": version.review_reason,
-        "signature": signature,
+        "signature": None,
     }
+    certificate = version.pharmacist_certificate
+    if (
+        version.pharmacist_signature is not None
+        and certificate is not None
+        and version.review_bytes is not None
+        and version.reviewed_at is not None
+    ):
+        # The countersigned statement (it names the hash of the doctor's signature) and
+        # the pharmacist's signature with its chain: verifiable like the prescription.
+        payload["content"] = base64.b64encode(bytes(version.review_bytes)).decode()
+        payload["signature"] = signature_block(
+            certificate=certificate,
+            value=bytes(version.pharmacist_signature),
+            signed_at=version.reviewed_at,
+        )
+    return payload
+
+
+def _delivery_type(prescription: Prescription) -> str:
+    return "home_delivery" if prescription.fulfilment == Fulfilment.DELIVERY else "retail_pharmacy"
+
+
+def _claim_payload(prescription: Prescription, event: PrescriptionEvent) -> dict[str, Any]:
+    """A pharmacy took the prescription to dispense it, or gave it back (with the reason;
+    an idle claim is given back by the system)."""
+    pharmacy = event.pharmacy
+    assert pharmacy is not None  # noqa: S101 - a claim and its release name the pharmacy
+    payload: dict[str, Any] = {
+        "prescription_id": str(prescription.pk),
+        "event": {"claim": "claimed", "release": "released"}[event.action],
+        "delivery_type": _delivery_type(prescription),
+        "pharmacy": {"code": pharmacy.code, "name": pharmacy.name},
+        f"{'claimed' if event.action == 'claim' else 'released'}_at": _time(event.created_at),
+    }
+    if event.reason:
+        payload["reason"] = event.reason
+    return payload
 
 
 _DISPENSED = CompiledQuery(
@@ -132,12 +182,11 @@ def _dispense_payload(prescription: Prescription, event: PrescriptionEvent) -> d
     return {
         "prescription_id": str(prescription.pk),
         "event": {"dispense": "dispensed", "ship": "shipped", "deliver": "delivered"}[event.action],
-        "delivery_type": (
-            "home_delivery" if prescription.fulfilment == Fulfilment.DELIVERY else "retail_pharmacy"
-        ),
+        "delivery_type": _delivery_type(prescription),
         "pharmacy": {"code": pharmacy.code, "name": pharmacy.name},
         "dispensed_at": _time(prescription.dispensed_at),
         "dispensing_pharmacist": next((e.pharmacist_name for e in entries), None),
+        "dispensing_pharmacist_licence": next((e.pharmacist_licence for e in entries), None),
         "courier": prescription.courier,
         "tracking_number": prescription.tracking_number,
         "shipped_at": _time(prescription.shipped_at),
@@ -169,6 +218,8 @@ def report_transition(prescription: Prescription, event: PrescriptionEvent) -> N
         version = _version(prescription)
         assert version is not None  # noqa: S101 - a review follows a signature
         record_type, payload = "review", _review_payload(prescription, version)
+    elif action in ("claim", "release"):
+        record_type, payload = f"dispense.{action}", _claim_payload(prescription, event)
     elif action in ("dispense", "ship", "deliver"):
         record_type, payload = f"dispense.{action}", _dispense_payload(prescription, event)
     else:

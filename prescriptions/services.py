@@ -1268,7 +1268,8 @@ def _release(
         prescription,
         "release",
         actor=actor,
-        pharmacy=pharmacy,
+        # The pharmacy whose claim ends (an idle claim is ended by the system).
+        pharmacy=pharmacy or prescription.claimed_by,
         reason=reason.strip(),
         meta=meta,
         changes=_end_claim(),

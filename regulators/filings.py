@@ -30,6 +30,9 @@ def filing_institution(*, hospital: Hospital) -> OutboxRecord:
                 "practice_licence_number": hospital.practice_licence_number,
                 "practice_licence_valid_until": hospital.practice_licence_valid_until.isoformat(),
                 "seal_certificate_pem": seal.certificate_pem,
+                # The hospital's root: the chain of every doctor's and pharmacist's
+                # signature in a prescription or review record ends here.
+                "root_certificate_pem": seal.authority.certificate_pem,
             },
         )
 

@@ -95,12 +95,26 @@ LINE = _object(
     }
 )
 
+#: A personal signature as in the pharmacy's bundle (prescriptions.signing.signature_block):
+#: verifiable from the signed bytes with the chain, whose last certificate is the root the
+#: institution's filing carries.
+SIGNATURE = _object(
+    {
+        "algorithm": _STR,
+        "value": _STR,
+        "signed_at": _TIME,
+        "certificate_serial": _STR,
+        "certificate_sha256": _STR,
+        "certificate_chain": {"type": "array", "minItems": 2, "items": _STR},
+    }
+)
+
 PRESCRIPTION = _object(
     {
         "prescription_id": _STR,
         "version": _INT,
         "event": _STR,
-        "status": {"enum": ["issued", "revoked", "reviewed", "rejected", "expired"]},
+        "status": {"enum": ["issued", "superseded", "revoked", "reviewed", "rejected", "expired"]},
         "consultation_id": _STR,
         "type": {"enum": ["western", "chinese_patent", "herbal"]},
         "issued_at": _TIME,
@@ -108,9 +122,8 @@ PRESCRIPTION = _object(
         "lines": {"type": "array", "minItems": 1, "items": LINE},
         "total": _INT,
         "doctor": STAFF_REF,
-        "doctor_signature": _object(
-            {"value": _STR, "signed_at": _TIME, "certificate_serial": _STR, "algorithm": _STR}
-        ),
+        "signed_content": _STR,
+        "doctor_signature": SIGNATURE,
     },
     {
         "reason": _STR,
@@ -130,19 +143,23 @@ REVIEW = _object(
         "reviewed_at": _TIME,
         "result": {"enum": ["pass", "fail"]},
     },
-    {"reason": _STR, "signature": {"type": ["object", "null"]}},
+    {"reason": _STR, "content": _STR, "signature": {"oneOf": [{"type": "null"}, SIGNATURE]}},
 )
 
 DISPENSE = _object(
     {
         "prescription_id": _STR,
-        "event": {"enum": ["dispensed", "shipped", "delivered"]},
+        "event": {"enum": ["claimed", "released", "dispensed", "shipped", "delivered"]},
         "delivery_type": {"enum": ["hospital_pharmacy", "home_delivery", "retail_pharmacy"]},
         "pharmacy": _object({"code": _STR, "name": _STR}),
     },
     {
+        "claimed_at": _TIME,
+        "released_at": _TIME,
+        "reason": _STR,
         "dispensed_at": _OPT_TIME,
         "dispensing_pharmacist": {"type": ["string", "null"]},
+        "dispensing_pharmacist_licence": {"type": ["string", "null"]},
         "courier": _STR,
         "tracking_number": _STR,
         "shipped_at": _OPT_TIME,
@@ -170,6 +187,7 @@ FILING_INSTITUTION = _object(
         "practice_licence_number": _STR,
         "practice_licence_valid_until": _STR,
         "seal_certificate_pem": _STR,
+        "root_certificate_pem": _STR,
     }
 )
 

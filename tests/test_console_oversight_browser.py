@@ -114,7 +114,8 @@ def test_a_regulator_sees_the_feed_indicators_and_an_alert_arrive_live(
     _off_loop(lambda: _story(RxScene(department)))
     _off_loop(drain)
     received = _received(province)
-    assert received == 7  # institution filing, 3 consultation records, issued, review, dispense
+    # The institution filing, 3 consultation records, issued, review, claim, dispense.
+    assert received == 8
 
     official: User = with_server_password(UserFactory(role=Role.REGULATOR))
     RegulatorOfficial.objects.create(user=official, province=province)

@@ -33,7 +33,7 @@ BUDGET = {
     "sign": 17,
     "approve": 24,
     "code": 6,
-    "claim": 14,
+    "claim": 16,
     "dispense": 18,
 }
 

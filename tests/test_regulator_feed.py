@@ -170,8 +170,9 @@ async def test_the_feed_gives_our_official_every_received_record_and_another_pro
     _, theirs = await sync_to_async(lambda: _official(_jiangsu()))()
     expected = await sync_to_async(_feed_order)(province)
     received = await sync_to_async(province_peer.records)()
-    # The institution filing, three consultation records, issued, review and dispense.
-    assert len(expected) == len(received) == 7
+    # The institution filing, three consultation records, issued, review, the pharmacy's
+    # claim and the dispense.
+    assert len(expected) == len(received) == 8
 
     socket, hello = await _feed(ours)
     other, other_hello = await _feed(theirs)
@@ -395,7 +396,7 @@ def test_records_filter_by_type_hospital_and_time(province_peer: Platform, depar
     everything = _list(ours, "records", page_size=5)  # several pages
     assert [r["record_id"] for r in everything] == _feed_order(province)
     assert [r["seq"] for r in everything] == list(range(1, len(everything) + 1))
-    assert len(everything) == 7 + 5
+    assert len(everything) == 8 + 5  # the first story's claim is reported too
 
     consultation = _list(ours, "records", record_type="consultation")
     assert {r["record_type"] for r in consultation} == {

@@ -5,24 +5,31 @@ an alert, replayed after the fix; regulators see only their province."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import time
 from io import StringIO
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from django.core.management import call_command
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from backend.identity.models import Role
 from backend.identity.services import api_token_create
 from backend.organisations.models import RegulatorOfficial
 from consultations.services import consultations_expire_due
+from prescriptions.services import claims_release_idle
+from prescriptions.verify import BUNDLE_FORMAT, VerificationError, verify_bundle
 from regulators.models import Adapter, Alert, AlertKind, OutboxRecord, RecordStatus
 from regulators.services import upload_delays_check
 from tests.consult_http_helpers import CONSOLE, end_body
 from tests.factories import DepartmentFactory, HospitalFactory, ProvinceFactory, UserFactory
 from tests.regulator_helpers import Platform, drain, outbox_by_aggregate, platform
 from tests.rx_helpers import RxScene, line
+from tests.rx_more_helpers import reject, release, revise
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("icd10")]
 
@@ -68,7 +75,12 @@ def test_the_story_reaches_the_platform_once_in_order_and_verified(province_peer
         "consultation.accepted",
         "consultation.ended",
     ]
-    assert _types_of(prescription_id) == ["prescription.issued", "review", "dispense.dispense"]
+    assert _types_of(prescription_id) == [
+        "prescription.issued",
+        "review",
+        "dispense.claim",
+        "dispense.dispense",
+    ]
 
     drain()
 
@@ -89,6 +101,134 @@ def test_the_story_reaches_the_platform_once_in_order_and_verified(province_peer
     ended = by_id[str(OutboxRecord.objects.get(record_type="consultation.ended").record_id)]
     assert ended["payload"]["diagnoses"][0]["icd10"] == "I10"
     assert ended["payload"]["patient"]["id_number"] == scene.profile.id_number
+
+
+def test_the_platform_verifies_the_prescription_and_its_review_from_what_it_received(
+    province_peer, department
+):
+    """DOMAIN rule 10: the regulator verifies a prescription from the signed bytes and the
+    certificate chain. What the platform stored (the records as received) and the
+    hospital's public revocation list make a bundle the offline verifier accepts, with
+    the root pinned from the institution's filing; a flipped byte is refused."""
+    scene = RxScene(department)
+    prescription_id = scene.active()
+    drain()
+    received = {r["record_type"]: r["payload"] for r in province_peer.records()}
+    filing, issued, review = (
+        received["filing.institution"],
+        received["prescription.issued"],
+        received["review"],
+    )
+    root_pem = filing["root_certificate_pem"]
+    root = x509.load_pem_x509_certificate(root_pem.encode())
+    root_sha256 = root.fingerprint(hashes.SHA256()).hex()
+    assert issued["doctor_signature"]["certificate_chain"][-1] == root_pem
+    assert review["signature"]["certificate_chain"][-1] == root_pem
+    crl = APIClient().get(f"/api/pki/v1/hospitals/{department.hospital.pk}/crl")
+    assert crl.status_code == 200
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "prescription_id": issued["prescription_id"],
+        "version": issued["version"],
+        "signed_content": issued["signed_content"],
+        "doctor_signature": issued["doctor_signature"],
+        "review": {"content": review["content"], "signature": review["signature"]},
+        "root_certificate": root_pem,
+        "root_sha256": root_sha256,
+        "crl": base64.b64encode(crl.content).decode(),
+    }
+    verified = verify_bundle(bundle, trusted_roots={root_sha256})
+    assert verified.prescription_id == prescription_id
+    # The same bytes the pharmacy and the console verify.
+    served = scene.doctor_session.get(f"{CONSOLE}/prescriptions/{prescription_id}/bundle")
+    assert served.status_code == 200
+    assert served.json()["signed_content"] == issued["signed_content"]
+
+    # Nine boxes instead of one: still canonical JSON, no longer what the doctor signed.
+    signed = base64.b64decode(issued["signed_content"])
+    assert signed.count(b'"quantity":1') == 1
+    edited = signed.replace(b'"quantity":1', b'"quantity":9')
+    with pytest.raises(VerificationError) as refused:
+        verify_bundle(
+            dict(bundle, signed_content=base64.b64encode(edited).decode()),
+            trusted_roots={root_sha256},
+        )
+    assert refused.value.code == "signature_invalid"
+
+
+def _payloads(prescription_id: str) -> list[tuple[str, dict]]:
+    return [
+        (r.record_type, r.payload)
+        for r in OutboxRecord.objects.filter(aggregate_id=prescription_id).order_by("id")
+    ]
+
+
+def test_every_transition_of_a_prescription_is_reported(province_peer, department, settings):
+    """DOMAIN, "Prescription lifecycle": every transition has its regulator record: the
+    version superseded after a rejection, each claim and release (with the pharmacy and
+    the reason; an idle claim released by the system names the pharmacy that held it)."""
+    scene = RxScene(department)
+    prescription_id = scene.signed()
+    first = dict(_payloads(prescription_id))["prescription.issued"]
+    assert reject(scene, prescription_id, "剂量需调整").status_code == 200
+    assert revise(scene, prescription_id).status_code == 200
+    assert scene.sign(prescription_id).status_code == 200
+    assert scene.approve(prescription_id).status_code == 200
+    secret = scene.claim(prescription_id).json()["claim_secret"]
+    assert release(scene.pharmacy_api, prescription_id, secret, "缺货").status_code == 200
+    assert scene.claim(prescription_id).status_code == 200
+    settings.PRESCRIPTION_CLAIM_IDLE_MINUTES = 0
+    assert claims_release_idle(now=timezone.now() + dt.timedelta(seconds=1)) == 1
+
+    records = _payloads(prescription_id)
+    assert [t for t, _ in records] == [
+        "prescription.issued",
+        "review",
+        "prescription.superseded",
+        "prescription.issued",
+        "review",
+        "dispense.claim",
+        "dispense.release",
+        "dispense.claim",
+        "dispense.release",
+    ]
+    superseded = records[2][1]
+    assert (superseded["version"], superseded["status"], superseded["event"]) == (
+        1,
+        "superseded",
+        "revise",
+    )
+    assert (superseded["issued_at"], superseded["valid_until"]) == (
+        first["issued_at"],
+        first["valid_until"],
+    )
+    assert records[3][1]["version"] == 2
+    assert [p["result"] for t, p in records if t == "review"] == ["fail", "pass"]
+    pharmacy = {"code": scene.pharmacy.code, "name": scene.pharmacy.name}
+    claimed, released, again, idle = (p for _, p in records[5:])
+    assert (claimed["event"], claimed["pharmacy"], "reason" in claimed) == (
+        "claimed",
+        pharmacy,
+        False,
+    )
+    assert dt.datetime.fromisoformat(again["claimed_at"]) > dt.datetime.fromisoformat(
+        claimed["claimed_at"]
+    )
+    assert (released["event"], released["pharmacy"], released["reason"]) == (
+        "released",
+        pharmacy,
+        "缺货",
+    )
+    assert (idle["event"], idle["pharmacy"], idle["reason"]) == (
+        "released",
+        pharmacy,
+        "claim idle for too long",
+    )
+    drain()
+    stored = {r["record_id"] for r in province_peer.records()}
+    assert {
+        str(r.record_id) for r in OutboxRecord.objects.filter(aggregate_id=prescription_id)
+    } <= stored
 
 
 def test_faults_lose_nothing_and_double_nothing(province_peer, department):

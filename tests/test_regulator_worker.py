@@ -198,7 +198,7 @@ async def test_a_healthy_platform_gets_everything_once_in_order_and_the_feed_liv
         await sync_to_async(build)()
         await sync_to_async(settle)(worker, timeout=20, sweep=False)
         count = await sync_to_async(OutboxRecord.objects.count)()
-        assert count == 7 + 2 + 4
+        assert count == 8 + 2 + 4  # the story's claim is reported too
         frames = [await socket.receive_json_from(timeout=5) for _ in range(count)]
         assert await socket.receive_nothing(timeout=0.3)
 
