@@ -6,6 +6,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ COLUMNS = (
     "control_class",
     "unit_price_fen",
 )
+#: Optional columns: what one dispensing unit holds (``Drug.pack_size`` smallest units of
+#: ``unit_strength`` ``strength_unit`` each), for the supply check of a line's quantity.
+OPTIONAL_COLUMNS = ("pack_size", "unit_strength", "strength_unit")
 _NHSA = re.compile(r"[A-Z0-9]{23}")
 _HOSPITAL = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
@@ -67,10 +71,32 @@ def _row_values(row: dict[str, str], line: int, errors: list[str]) -> dict[str, 
     price = int(price_raw) if price_raw.isdigit() else None
     if price is None:
         problems.append("unit_price_fen must be a whole number of fen (0 or more)")
+    pack_raw, strength_raw, strength_unit = (
+        get("pack_size"),
+        get("unit_strength"),
+        get("strength_unit"),
+    )
+    pack_size = int(pack_raw) if pack_raw.isdigit() and int(pack_raw) > 0 else None
+    if pack_raw and pack_size is None:
+        problems.append("pack_size must be a whole number above 0")
+    strength: Decimal | None = None
+    if strength_raw:
+        try:
+            strength = Decimal(strength_raw)
+        except InvalidOperation:
+            strength = None
+        if strength is None or not strength.is_finite() or strength <= 0:
+            problems.append("unit_strength must be a number above 0")
+            strength = None
+    if bool(strength_raw) != bool(strength_unit):
+        problems.append("unit_strength and strength_unit go together")
     if problems:
         errors.extend(f"line {line}: {p}" for p in problems)
         return None
     return {
+        "pack_size": pack_size,
+        "unit_strength": strength,
+        "strength_unit": strength_unit,
         "code": code,
         "code_system": system,
         "generic_name": get("generic_name"),
@@ -90,9 +116,14 @@ def drug_catalogue_import(*, text: str, partial: bool = False) -> ImportReport:
     ``partial``: then the valid rows are imported and the others reported."""
     report = ImportReport()
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    header = reader.fieldnames or []
+    missing = [c for c in COLUMNS if c not in header]
     if missing:
         report.errors.append(f"line 1: missing columns: {', '.join(missing)}")
+        return report
+    pack_columns = [c for c in OPTIONAL_COLUMNS if c in header]
+    if pack_columns and len(pack_columns) != len(OPTIONAL_COLUMNS):
+        report.errors.append(f"line 1: the columns {', '.join(OPTIONAL_COLUMNS)} go together")
         return report
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -100,6 +131,9 @@ def drug_catalogue_import(*, text: str, partial: bool = False) -> ImportReport:
         values = _row_values(row, line, report.errors)
         if values is None:
             continue
+        if not pack_columns:  # a file without them leaves what the catalogue holds
+            for name in OPTIONAL_COLUMNS:
+                values.pop(name)
         if values["code"] in seen:
             report.errors.append(
                 f"line {line}: code {values['code']} repeats line {seen[values['code']]}"

@@ -60,6 +60,14 @@ class Drug(models.Model):
         max_length=20, choices=ControlClass.choices, default=ControlClass.NONE, db_index=True
     )
     unit_price = models.PositiveIntegerField(_("unit price (fen)"))
+    #: How much one dispensing unit holds, for the supply a quantity gives (DOMAIN rule 9):
+    #: ``pack_size`` smallest units (tablets, capsules, puffs) of ``unit_strength``
+    #: ``strength_unit`` each. Unknown for some drugs; then only the line's days count.
+    pack_size = models.PositiveIntegerField(_("units per pack"), null=True, blank=True)
+    unit_strength = models.DecimalField(
+        _("strength per unit"), max_digits=12, decimal_places=4, null=True, blank=True
+    )
+    strength_unit = models.CharField(_("strength unit"), max_length=10, blank=True)
     is_active = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -9,8 +9,10 @@ The treating-doctor and signature rules (5, 6) are enforced by the services them
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import asdict, dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from django.conf import settings
@@ -52,6 +54,56 @@ RULE_NAMES = {
     "duplicate_drug": "重复用药 (Duplicate drug)",
     "allergy_conflict": "过敏史冲突 (Known allergy)",
 }
+
+
+#: Doses a day per frequency code (the ones with a fixed schedule; ``prn``, as needed, has
+#: none, so its supply is the line's days).
+_DOSES_PER_DAY: dict[str, Fraction] = {
+    "qd": Fraction(1),
+    "qn": Fraction(1),
+    "bid": Fraction(2),
+    "tid": Fraction(3),
+    "qid": Fraction(4),
+    "qod": Fraction(1, 2),
+    "qw": Fraction(1, 7),
+    **{f"q{n}h": Fraction(24, n) for n in (1, 2, 3, 4, 6, 8, 12)},
+}
+#: Mass units in milligrams, to compare a dose with a unit's strength.
+_MILLIGRAMS = {
+    "g": Decimal(1000),
+    "mg": Decimal(1),
+    "μg": Decimal("0.001"),
+    "ug": Decimal("0.001"),
+    "mcg": Decimal("0.001"),
+}
+#: Dose units that count the smallest units themselves (one tablet, one puff…).
+_COUNTED = frozenset({"片", "粒", "丸", "吸", "揿", "喷", "袋", "贴", "枚"})
+
+
+def _units_per_dose(line: LineDraft) -> Fraction | None:
+    """How many of the drug's smallest units one dose takes, when the catalogue says."""
+    drug, unit = line.drug, line.dose_unit.strip().lower()
+    if line.dose_unit.strip() in _COUNTED:
+        return Fraction(line.dose)
+    if unit in _MILLIGRAMS and drug.unit_strength and drug.strength_unit.lower() in _MILLIGRAMS:
+        dose_mg = line.dose * _MILLIGRAMS[unit]
+        strength_mg = drug.unit_strength * _MILLIGRAMS[drug.strength_unit.lower()]
+        return Fraction(dose_mg) / Fraction(strength_mg)
+    return None
+
+
+def _days_supplied(line: LineDraft) -> tuple[int, int] | None:
+    """(packs the line's days need, whole days its quantity lasts), when the catalogue
+    knows the pack and the frequency has a fixed schedule; otherwise None."""
+    per_day = _DOSES_PER_DAY.get(line.frequency.strip().lower())
+    per_dose = _units_per_dose(line)
+    pack = line.drug.pack_size
+    if per_day is None or per_dose is None or not pack or per_dose <= 0:
+        return None
+    per_day_units = per_dose * per_day
+    needed = math.ceil(per_day_units * line.days / pack)
+    lasts = math.floor(line.quantity * pack / per_day_units)
+    return needed, lasts
 
 
 def _mentions(allergen: str, drug: Drug) -> bool:
@@ -111,6 +163,21 @@ def prescription_checks(
                 "supply_too_long",
                 "error",
                 f"{line.days} days' supply needs a chronic-disease reason (over {normal} days).",
+                n,
+            )
+            supply_ok = False
+    for n, line in enumerate(lines, 1):
+        # The days a line states are its supply only if its quantity does not last longer
+        # (a whole number of packs may: never more packs than those days need).
+        supplied = _days_supplied(line)
+        if supplied is not None and line.quantity > supplied[0]:
+            needed, lasts = supplied
+            add(
+                "supply_too_long",
+                "error",
+                f"{line.quantity} {line.drug.unit} last about {lasts} days, more than the "
+                f"{line.days} days of the line ({needed} {line.drug.unit} are enough): "
+                "give the days the quantity lasts.",
                 n,
             )
             supply_ok = False

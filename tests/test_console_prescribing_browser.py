@@ -254,7 +254,9 @@ def test_a_pharmacist_rejects_with_a_reason_and_the_doctor_revises_it_in_english
     server: str, browser: Browser, shots: Screenshots
 ) -> None:
     scene = _off_loop(lambda: RxScene(DepartmentFactory()))
-    prescription_id = _off_loop(lambda: scene.signed(lines=[line(days=3, quantity=2)]))
+    prescription_id = _off_loop(
+        lambda: scene.signed(lines=[line(days=3, quantity=2, dose="10", frequency="bid")])
+    )
     doctor = with_server_password(scene.doctor.user)
     pharmacist = with_server_password(scene.pharmacist.user)
     consultation = scene.consultation_id

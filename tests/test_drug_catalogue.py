@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from prescriptions.catalogue import COLUMNS, drug_catalogue_import
+from prescriptions.catalogue import COLUMNS, OPTIONAL_COLUMNS, drug_catalogue_import
 from prescriptions.models import ControlClass, Drug
 
 pytestmark = pytest.mark.django_db
@@ -99,3 +100,50 @@ def test_the_demo_catalogue_has_chronic_drugs_and_every_controlled_class():
     classes = set(Drug.objects.values_list("control_class", flat=True))
     assert classes == set(ControlClass.values)
     assert Drug.objects.filter(control_class=ControlClass.NONE).count() >= 15
+
+
+PACK_HEADER = ",".join((*COLUMNS, *OPTIONAL_COLUMNS))
+
+
+def test_the_pack_columns_say_what_a_pack_holds_and_are_checked_per_row():
+    text = "\n".join(
+        [
+            PACK_HEADER,
+            GOOD + ",20,0.5,g",  # line 2
+            "DEMO-2,hospital,舒利迭,,60吸,吸入粉雾剂,支,吸入,rx,none,18800,60,,",  # line 3
+            "DEMO-3,hospital,药,,1片,片剂,盒,口服,rx,none,100,0,5,mg",  # line 4
+            "DEMO-4,hospital,药,,1片,片剂,盒,口服,rx,none,100,7,-5,mg",  # line 5
+            "DEMO-5,hospital,药,,1片,片剂,盒,口服,rx,none,100,7,5,",  # line 6
+        ]
+    )
+    report = drug_catalogue_import(text=text + "\n")
+    assert report.errors == [
+        "line 4: pack_size must be a whole number above 0",
+        "line 5: unit_strength must be a number above 0",
+        "line 6: unit_strength and strength_unit go together",
+    ]
+    report = drug_catalogue_import(text=text + "\n", partial=True)
+    assert (report.created, report.updated) == (2, 0)
+    metformin = Drug.objects.get(code="DEMO-1")
+    assert (metformin.pack_size, metformin.unit_strength, metformin.strength_unit) == (
+        20,
+        Decimal("0.5"),
+        "g",
+    )
+    inhaler = Drug.objects.get(code="DEMO-2")
+    assert (inhaler.pack_size, inhaler.unit_strength, inhaler.strength_unit) == (60, None, "")
+
+    # A file without the pack columns leaves what the catalogue holds; one with only some
+    # of them is refused.
+    report = drug_catalogue_import(text=csv_text(GOOD.replace(",1890", ",1990")))
+    assert (report.created, report.updated) == (0, 1)
+    metformin.refresh_from_db()
+    assert (metformin.unit_price, metformin.pack_size, metformin.unit_strength) == (
+        1990,
+        20,
+        Decimal("0.5"),
+    )
+    partial_header = "\n".join([",".join((*COLUMNS, "pack_size")), GOOD + ",20"]) + "\n"
+    assert drug_catalogue_import(text=partial_header).errors == [
+        "line 1: the columns pack_size, unit_strength, strength_unit go together"
+    ]

@@ -148,7 +148,7 @@ def test_fee_then_insured_prescription_then_dispense_and_the_ledger_adds_up(peer
     scene.consultation_id = rx_id = consultation_id
     rx = scene
     assert rx_id
-    prescription_id = rx.active(lines=[line(quantity=2)])
+    prescription_id = rx.active(lines=[line(quantity=2, frequency="bid")])
     assert (
         scene.doctor_api.post(
             f"{CONSOLE}/consultations/{consultation_id}/end", end_body(fee=FEE), format="json"
@@ -392,7 +392,7 @@ def test_a_cancelled_or_expired_insured_prescription_is_refunded_whole_insurance
     peer, department, trigger
 ):
     rx = RxScene(department)
-    prescription_id = rx.active(lines=[line(quantity=3)])
+    prescription_id = rx.active(lines=[line(quantity=3, frequency="tid")])
     drugs = order_of(rx.patient_api, prescription_id)
     paying = start_paying(rx.patient_api, drugs["id"], "insurance")
     peer.pay(paying["pay_url"])

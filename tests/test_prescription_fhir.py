@@ -140,7 +140,10 @@ def test_the_export_follows_the_prescription_from_review_to_dispense(department)
     scene = RxScene(department)
     nhsa_drug()
     prescription_id = scene.signed(
-        lines=[line(quantity=2), line(NHSA_CODE, dose="0.5", dose_unit="g", frequency="bid")],
+        lines=[
+            line(quantity=2, days=14),
+            line(NHSA_CODE, dose="0.5", dose_unit="g", frequency="bid"),
+        ],
         chronic_reason="高血压稳定期",
     )
     prescription = Prescription.objects.get(pk=prescription_id)
@@ -172,14 +175,14 @@ def test_the_export_follows_the_prescription_from_review_to_dispense(department)
     }
     assert first["dispenseRequest"]["quantity"] == {"value": 2, "unit": "盒"}
     assert first["dispenseRequest"]["expectedSupplyDuration"] == {
-        "value": 7,
+        "value": 14,
         "unit": "days",
         "system": "http://unitsofmeasure.org",
         "code": "d",
     }
     assert first["dispenseRequest"]["numberOfRepeatsAllowed"] == 0
     dosage = first["dosageInstruction"][0]
-    assert dosage["text"] == "5 mg, qd, 口服, 7 d"
+    assert dosage["text"] == "5 mg, qd, 口服, 14 d"
     assert dosage["doseAndRate"][0]["doseQuantity"] == {
         "value": 5,
         "unit": "mg",

@@ -352,7 +352,7 @@ def test_a_wrong_secret_can_neither_dispense_nor_release(scene: RxScene) -> None
 
 
 def test_the_dispense_must_match_the_prescribed_lines_and_quantities(scene: RxScene) -> None:
-    prescription_id, secret = scene.claimed(scene.active(lines=[line(quantity=2)]))
+    prescription_id, secret = scene.claimed(scene.active(lines=[line(quantity=2, frequency="bid")]))
 
     def refused(items: list[dict[str, Any]]) -> dict[str, Any]:
         response = _dispense(scene.pharmacy_api, prescription_id, dispense_body(secret, items))

@@ -500,12 +500,69 @@ def test_supply_over_seven_days_needs_a_chronic_reason_and_stays_under_the_maxim
     assert prescriptions_of(scene.consultation_id) == 3
 
 
+def test_a_quantity_that_lasts_longer_than_the_days_of_its_line_is_refused(department) -> None:
+    """Rule 9 on what is dispensed: the days a line states are its supply only if its
+    quantity does not last longer. Amlodipine 5 mg × 7 tablets a box, 5 mg once a day."""
+    scene = RxScene(department)
+    reason = "高血压稳定期，长期规律服药"
+
+    # Fifty boxes "for seven days" would be a year's supply without any reason.
+    body = assert_problem(scene.draft(lines=[line(days=7, quantity=50)]), 422, "supply_too_long")
+    [check] = [c for c in body["checks"] if c["rule"] == "supply_too_long"]
+    assert (check["outcome"], check["line"]) == ("error", 1)
+    assert check["message"] == (
+        "50 盒 last about 350 days, more than the 7 days of the line (1 盒 are enough): "
+        "give the days the quantity lasts."
+    )
+    # Nor with a chronic reason: the line's days must say how long it lasts.
+    over = scene.draft(lines=[line(days=28, quantity=5)], chronic_reason=reason)
+    assert_problem(over, 422, "supply_too_long")
+    assert prescriptions_of(scene.consultation_id) == 0
+
+    accepted = [
+        line(days=7, quantity=1),  # 7 tablets for 7 days
+        line(days=5, quantity=1),  # a whole box is the least there is
+        line(days=7, quantity=2, frequency="bid"),  # twice a day: 14 tablets
+        line(days=7, quantity=2, dose="1", dose_unit="片", frequency="bid"),  # counted
+        line(days=3, quantity=1, dose="2.5"),  # half a tablet: still one box
+        line("DEMO-0005", dose="0.5", dose_unit="g", frequency="tid", days=7, quantity=2),
+        line("DEMO-0012", dose="100", dose_unit="μg", days=7, quantity=1),  # μg
+        line(days=7, quantity=3, frequency="prn"),  # as needed: no schedule to count
+    ]
+    for n, one in enumerate(accepted, 1):
+        response = scene.draft(lines=[one])
+        assert response.status_code == 201, (n, response.content)
+        assert outcomes(response.json()["checks"])[("supply_too_long", None)] == "pass"
+    refused = [
+        line(days=5, quantity=2),
+        line(days=7, quantity=3, frequency="bid"),
+        line(days=7, quantity=3, dose="1", dose_unit="片", frequency="bid"),
+        line("DEMO-0005", dose="0.5", dose_unit="g", frequency="tid", days=7, quantity=3),
+    ]
+    for one in refused:
+        assert_problem(scene.draft(lines=[one]), 422, "supply_too_long")
+    # A chronic supply: 28 days need 4 boxes, and may have them.
+    chronic = scene.draft(lines=[line(days=28, quantity=4)], chronic_reason=reason)
+    assert chronic.status_code == 201, chronic.content
+    assert prescriptions_of(scene.consultation_id) == len(accepted) + 1
+
+
+def test_the_quantity_is_checked_again_when_signing(department) -> None:
+    """A draft written before the catalogue said what a box holds is checked on signing."""
+    scene = RxScene(department)
+    Drug.objects.filter(code="DEMO-0001").update(pack_size=None)
+    prescription_id = _draft_id(scene.draft(lines=[line(days=7, quantity=50)]))
+    Drug.objects.filter(code="DEMO-0001").update(pack_size=7)
+    assert_problem(scene.sign(prescription_id), 422, "supply_too_long")
+    assert status_of(prescription_id) == "draft"
+
+
 # --- Warnings: duplicate drugs and allergies ---------------------------------------------------
 
 
 def test_a_duplicate_drug_line_is_a_warning(department) -> None:
     scene = RxScene(department)
-    response = scene.draft(lines=[line(), line("DEMO-0002"), line(quantity=2)])
+    response = scene.draft(lines=[line(), line("DEMO-0002"), line(quantity=2, frequency="bid")])
     assert response.status_code == 201, response.content
     checks = outcomes(response.json()["checks"])
     assert checks[("duplicate_drug", 3)] == "warning"
@@ -562,7 +619,9 @@ def test_only_a_draft_can_be_edited(department) -> None:
     scene = RxScene(department)
     prescription_id = _draft_id(scene.draft())
 
-    edited = patch(scene, prescription_id, {"validity_days": 2, "lines": [line(quantity=2)]})
+    edited = patch(
+        scene, prescription_id, {"validity_days": 2, "lines": [line(quantity=2, frequency="bid")]}
+    )
     assert edited.status_code == 200, edited.content
     assert edited.json()["validity_days"] == 2
     assert edited.json()["lines"][0]["quantity"] == 2

@@ -5,13 +5,16 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from prescriptions.catalogue import COLUMNS, drug_catalogue_import_file
+from prescriptions.catalogue import COLUMNS, OPTIONAL_COLUMNS, drug_catalogue_import_file
 
 
 class Command(BaseCommand):
     help = (
         "Import the drug catalogue from a CSV file with the columns "
         + ", ".join(COLUMNS)
+        + ", and optionally "
+        + ", ".join(OPTIONAL_COLUMNS)
+        + " (what a pack holds, for the supply a quantity gives; all three or none)"
         + ". Rows are matched by code (created or updated). Any "
         "invalid row rejects the file unless --partial."
     )
