@@ -123,10 +123,18 @@ class _QrApi(ApiView):
                 PrescriptionStatus.CANCELLED: "prescription_cancelled",
                 PrescriptionStatus.EXPIRED: "prescription_expired",
             }.get(PrescriptionStatus(prescription.status))
-            if code is None:
-                code = "not_reviewed" if prescription.status in BEFORE_REVIEW else "already_claimed"
+            extra = {}
+            if code is None and prescription.status in BEFORE_REVIEW:
+                code = "not_reviewed"
+            elif code is None:  # a pharmacy has it (the patient's own choice, as a rule)
+                code, extra = (
+                    "prescription_state_conflict",
+                    {"prescription_status": prescription.status},
+                )
             raise DomainError(
-                code, "The code is shown while the prescription is approved and not yet claimed."
+                code,
+                "The code is shown while the prescription is approved and not yet claimed.",
+                extra=extra,
             )
         audit_record(
             action="prescription.qr_viewed",
@@ -182,7 +190,8 @@ class FulfilmentApi(ApiView):
         v = data.validated_data
         pharmacy = None
         if v.get("pharmacy"):
-            pharmacy = Pharmacy.objects.filter(pk=v["pharmacy"], is_active=True).first()
+            # A closed one goes to the service, which says so ("Choose an open pharmacy.").
+            pharmacy = Pharmacy.objects.filter(pk=v["pharmacy"]).first()
             if pharmacy is None:
                 raise DomainError(
                     "validation_error", "Unknown pharmacy.", errors={"pharmacy": ["Not found."]}

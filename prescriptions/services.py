@@ -1513,11 +1513,17 @@ def prescription_fulfilment_choose(
         ):
             raise _state_error(prescription, "choose fulfilment for")
         if method == Fulfilment.PICKUP:
-            if pharmacy is None or not pharmacy.is_active:
+            if pharmacy is None:
+                raise DomainError(
+                    "validation_error",
+                    "Choose a pharmacy.",
+                    errors={"pharmacy": ["Required for pick-up."]},
+                )
+            if not pharmacy.is_active:
                 raise DomainError(
                     "validation_error",
                     "Choose an open pharmacy.",
-                    errors={"pharmacy": ["Required for pick-up."]},
+                    errors={"pharmacy": ["This pharmacy is closed."]},
                 )
             prescription.fulfilment = Fulfilment.PICKUP
             prescription.pickup_pharmacy = pharmacy

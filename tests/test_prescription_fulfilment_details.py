@@ -132,6 +132,18 @@ def test_the_qr_code_carries_only_the_prescription_id_and_its_access_code(depart
     assert audit_count("prescription.qr_viewed", prescription_id) == 2
 
 
+def test_once_a_pharmacy_has_it_the_qr_code_is_not_shown_and_says_why(department) -> None:
+    scene = RxScene(department)
+    prescription_id, _ = scene.claimed()
+    detail = _ok(scene.patient_api.get(f"{MOBILE}/prescriptions/{prescription_id}"))
+    assert (detail["status"], detail["qr"]) == ("claimed", None)
+    for kind in ("png", "svg"):
+        response = scene.patient_api.get(f"{MOBILE}/prescriptions/{prescription_id}/qr.{kind}")
+        body = assert_problem(response, 409, "prescription_state_conflict")
+        assert body["prescription_status"] == "claimed"
+    assert audit_count("prescription.qr_viewed", prescription_id) == 0
+
+
 def test_before_approval_there_is_no_qr_code_to_show(department) -> None:
     scene = RxScene(department)
     prescription_id = scene.signed()
@@ -225,11 +237,15 @@ def test_a_closed_pharmacy_cannot_be_chosen_and_nothing_changes(department) -> N
     prescription_id = scene.active()
     _ok(_choose(scene, prescription_id, {"method": "pickup", "pharmacy": str(open_pharmacy.pk)}))
 
-    for pharmacy in (str(closed.pk), "00000000-0000-4000-8000-000000000000"):
-        refused = _choose(scene, prescription_id, {"method": "pickup", "pharmacy": pharmacy})
-        body = assert_problem(refused, 400, "validation_error")
-        assert body["detail"] == "Unknown pharmacy."
-        assert body["errors"] == {"pharmacy": ["Not found."]}
+    refused = _choose(scene, prescription_id, {"method": "pickup", "pharmacy": str(closed.pk)})
+    body = assert_problem(refused, 400, "validation_error")
+    assert body["detail"] == "Choose an open pharmacy."
+    assert body["errors"] == {"pharmacy": ["This pharmacy is closed."]}
+    unknown = "00000000-0000-4000-8000-000000000000"
+    refused = _choose(scene, prescription_id, {"method": "pickup", "pharmacy": unknown})
+    body = assert_problem(refused, 400, "validation_error")
+    assert body["detail"] == "Unknown pharmacy."
+    assert body["errors"] == {"pharmacy": ["Not found."]}
     # Pick-up without a pharmacy is refused by the service.
     body = assert_problem(
         _choose(scene, prescription_id, {"method": "pickup"}), 400, "validation_error"
