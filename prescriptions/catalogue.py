@@ -76,17 +76,25 @@ def _row_values(row: dict[str, str], line: int, errors: list[str]) -> dict[str, 
         get("unit_strength"),
         get("strength_unit"),
     )
-    pack_size = int(pack_raw) if pack_raw.isdigit() and int(pack_raw) > 0 else None
+    pack_size = int(pack_raw) if pack_raw.isdigit() and 0 < int(pack_raw) <= 100_000 else None
     if pack_raw and pack_size is None:
-        problems.append("pack_size must be a whole number above 0")
+        problems.append("pack_size must be a whole number from 1 to 100000")
     strength: Decimal | None = None
     if strength_raw:
         try:
             strength = Decimal(strength_raw)
         except InvalidOperation:
             strength = None
-        if strength is None or not strength.is_finite() or strength <= 0:
-            problems.append("unit_strength must be a number above 0")
+        # What ``Drug.unit_strength`` holds: above 0, below 10^8, at most 4 decimals.
+        if (
+            strength is None
+            or not strength.is_finite()
+            or not 0 < strength < 100_000_000
+            or strength != strength.quantize(Decimal("0.0001"))
+        ):
+            problems.append(
+                "unit_strength must be above 0 and below 100000000, with at most 4 decimals"
+            )
             strength = None
     if bool(strength_raw) != bool(strength_unit):
         problems.append("unit_strength and strength_unit go together")

@@ -114,13 +114,19 @@ def test_the_pack_columns_say_what_a_pack_holds_and_are_checked_per_row():
             "DEMO-3,hospital,药,,1片,片剂,盒,口服,rx,none,100,0,5,mg",  # line 4
             "DEMO-4,hospital,药,,1片,片剂,盒,口服,rx,none,100,7,-5,mg",  # line 5
             "DEMO-5,hospital,药,,1片,片剂,盒,口服,rx,none,100,7,5,",  # line 6
+            "DEMO-6,hospital,药,,1片,片剂,盒,口服,rx,none,100,7,0.00001,mg",  # line 7
+            "DEMO-7,hospital,药,,1片,片剂,盒,口服,rx,none,100,7,1e12,mg",  # line 8
+            "DEMO-8,hospital,药,,1片,片剂,盒,口服,rx,none,100,9999999999,5,mg",  # line 9
         ]
     )
     report = drug_catalogue_import(text=text + "\n")
     assert report.errors == [
-        "line 4: pack_size must be a whole number above 0",
-        "line 5: unit_strength must be a number above 0",
+        "line 4: pack_size must be a whole number from 1 to 100000",
+        "line 5: unit_strength must be above 0 and below 100000000, with at most 4 decimals",
         "line 6: unit_strength and strength_unit go together",
+        "line 7: unit_strength must be above 0 and below 100000000, with at most 4 decimals",
+        "line 8: unit_strength must be above 0 and below 100000000, with at most 4 decimals",
+        "line 9: pack_size must be a whole number from 1 to 100000",
     ]
     report = drug_catalogue_import(text=text + "\n", partial=True)
     assert (report.created, report.updated) == (2, 0)
