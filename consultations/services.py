@@ -21,10 +21,10 @@ from backend.audit.services import RequestMeta, audit_record
 from backend.identity.models import User
 from backend.organisations.models import (
     Department,
-    FilingStatus,
     Practitioner,
     PractitionerKind,
 )
+from backend.organisations.services import practitioner_licence_problems
 from backend.patients.models import PatientProfile
 from consultations import billing, messaging, push, reporting
 from consultations.lifecycle import CLOSED, TRANSITIONS
@@ -140,10 +140,9 @@ def practitioner_qualification_check(*, practitioner: Practitioner) -> None:
     problems = []
     if practitioner.kind != PractitionerKind.DOCTOR:
         problems.append("not a doctor")
-    if practitioner.filing_status != FilingStatus.FILED:
-        problems.append(f"filing status is {practitioner.filing_status}, not filed")
-    if practitioner.licence_valid_until < today:
-        problems.append(f"practice licence expired on {practitioner.licence_valid_until}")
+    problems.extend(
+        practitioner_licence_problems(practitioner, hospital=practitioner.hospital, today=today)
+    )
     years = settings.DOCTOR_MIN_PRACTICE_YEARS
     try:
         threshold = today.replace(year=today.year - years)
@@ -151,8 +150,6 @@ def practitioner_qualification_check(*, practitioner: Practitioner) -> None:
         threshold = today.replace(year=today.year - years, day=28)
     if practitioner.practice_start_date > threshold:
         problems.append(f"fewer than {years} years of independent practice")
-    if practitioner.hospital.practice_licence_valid_until < today:
-        problems.append("the hospital's practice licence has expired")
     if not practitioner.user.is_active:
         problems.append("the account is disabled")
     if problems:

@@ -33,13 +33,13 @@ from backend.audit.services import (
 from backend.compiled_queries import CompiledQuery, CompiledVariants
 from backend.identity.models import Role, User
 from backend.organisations.models import (
-    FilingStatus,
     Hospital,
     Pharmacy,
     PharmacyStaff,
     Practitioner,
     PractitionerKind,
 )
+from backend.organisations.services import practitioner_licence_problems
 from backend.pki.services import (
     SigningAct,
     seal_sign,
@@ -284,14 +284,9 @@ def _licensed(practitioner: Practitioner, hospital: Hospital, code: str) -> None
     """A prescriber or a reviewer acts only while filed here with a valid licence, at a
     hospital whose own licence is valid (DOMAIN rules 1 and 6): checked at each act,
     since a filing can be withdrawn or a licence lapse after the consultation began."""
-    today = timezone.localdate()
-    problems = []
-    if practitioner.filing_status != FilingStatus.FILED:
-        problems.append(f"filing status is {practitioner.filing_status}, not filed")
-    if practitioner.licence_valid_until < today:
-        problems.append(f"practice licence expired on {practitioner.licence_valid_until}")
-    if hospital.practice_licence_valid_until < today:
-        problems.append("the hospital's practice licence has expired")
+    problems = practitioner_licence_problems(
+        practitioner, hospital=hospital, today=timezone.localdate()
+    )
     if problems:
         raise DomainError(
             code, "Not qualified: " + "; ".join(problems) + ".", extra={"reasons": problems}

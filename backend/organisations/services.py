@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.db import transaction
 from django.utils import timezone
 
 from backend.api.problems import DomainError
 from backend.audit.services import RequestMeta, audit_record
 from backend.organisations.identity_check import IdentityCheckOutcome, identity_provider
-from backend.organisations.models import Practitioner
+from backend.organisations.models import FilingStatus, Hospital, Practitioner
+
+
+def practitioner_licence_problems(
+    practitioner: Practitioner, *, hospital: Hospital, today: dt.date
+) -> list[str]:
+    """What keeps a practitioner from acting for ``hospital`` on ``today``: not filed
+    there, their practice licence or the hospital's expired (DOMAIN rules 1 and 6).
+    Empty when they may act."""
+    problems = []
+    if practitioner.filing_status != FilingStatus.FILED:
+        problems.append(f"filing status is {practitioner.filing_status}, not filed")
+    if practitioner.licence_valid_until < today:
+        problems.append(f"practice licence expired on {practitioner.licence_valid_until}")
+    if hospital.practice_licence_valid_until < today:
+        problems.append("the hospital's practice licence has expired")
+    return problems
 
 
 def practitioner_identity_check(
