@@ -149,6 +149,7 @@ def indicators(
     delays: dict[tuple[str, str], list[float]] = defaultdict(list)
     consultation_doctor: dict[str, str] = {}
     reviewed_pass: set[str] = set()
+    issued_ids: dict[tuple[str, str], set[str]] = defaultdict(set)
     names: dict[str, str] = {}
     ordered = list(records.order_by("id"))
     for record in ordered:
@@ -192,7 +193,10 @@ def indicators(
         elif kind == "consultation.referred_offline":
             row["referred_offline"] += 1
         elif kind == "prescription.issued":
-            row["prescriptions_issued"] += 1
+            # A version signed again after a rejection is the same prescription.
+            if payload["prescription_id"] not in issued_ids[k]:
+                issued_ids[k].add(payload["prescription_id"])
+                row["prescriptions_issued"] += 1
             treating = consultation_doctor.get(payload["consultation_id"])
             if treating is not None and treating != doctor_ref:
                 row["prescriber_not_consulting_doctor"] += 1

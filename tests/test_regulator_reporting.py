@@ -440,6 +440,9 @@ def test_indicators_from_real_records(province_peer, department):
         ).status_code
         == 200
     )
+    # Revised and signed again: still one prescription issued (two versions).
+    assert revise(second, rejected).status_code == 200
+    assert second.sign(rejected).status_code == 200
     refused = second.draft(lines=[line("DEMO-C003")])
     assert refused.status_code == 422
     other_hospital = DepartmentFactory(hospital=HospitalFactory())
