@@ -289,8 +289,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Complete today's identity check first.",
     },
     "problem_doctor_not_qualified": {
-        "zh-hans": "您的执业资质不满足在线接诊要求。",
-        "en": "You are not qualified to accept online consultations.",
+        "zh-hans": "您的执业资质（备案、执业证书或医院执业许可）不满足要求。",
+        "en": "Your qualification (filing, practice licence or the hospital's licence) does "
+        "not allow this.",
     },
     "problem_follow_up_not_confirmed": {
         "zh-hans": "请确认本次为复诊，或以初诊为由拒诊。",

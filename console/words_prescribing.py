@@ -162,8 +162,9 @@ WORDS: dict[str, dict[str, str]] = {
         "en": "The validity is at most 3 days.",
     },
     "problem_supply_too_long": {
-        "zh-hans": "用量超过限制：超过7日须注明慢性病理由。",
-        "en": "The supply is over the limit: more than 7 days needs a chronic-disease reason.",
+        "zh-hans": "用量超过限制：超过7日须注明慢性病理由，且开具数量不得超过所写天数的用量。",
+        "en": "The supply is over the limit: more than 7 days needs a chronic-disease reason, "
+        "and the quantity may not last longer than the days of its line.",
     },
     "problem_guardian_required": {
         "zh-hans": "6岁以下儿童须登记监护人和相关专业医师。",
@@ -196,5 +197,22 @@ WORDS: dict[str, dict[str, str]] = {
     "problem_prescription_expired": {
         "zh-hans": "处方已过期。",
         "en": "The prescription has expired.",
+    },
+    "problem_pharmacist_not_qualified": {
+        "zh-hans": "您的药师备案或执业证书无效（或医院执业许可已过期），不能审核处方。",
+        "en": "Your filing or practice licence (or the hospital's licence) is not valid: "
+        "you cannot review prescriptions.",
+    },
+    "problem_no_signing_certificate": {
+        "zh-hans": "您没有有效的签名证书，请联系医院管理员。",
+        "en": "You have no valid signing certificate; ask the hospital administrator.",
+    },
+    "problem_certificate_revoked": {
+        "zh-hans": "您的签名证书已被吊销，请联系医院管理员。",
+        "en": "Your signing certificate has been revoked; ask the hospital administrator.",
+    },
+    "problem_bundle_invalid": {
+        "zh-hans": "处方签名验证未通过，不能继续。",
+        "en": "The prescription's signatures do not verify; it cannot go on.",
     },
 }
