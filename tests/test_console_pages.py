@@ -21,6 +21,7 @@ from backend.organisations.models import Practitioner
 from backend.patients.models import Relation, Sex
 from console.i18n import LANGUAGES, MESSAGES
 from consultations.models import Consultation, ConsultationStatus
+from regulators.schemas import RECORD_TYPES, payload_errors
 from tests.consult_http_helpers import CONSOLE, MOBILE, Scene, end_body
 from tests.factories import PASSWORD, DepartmentFactory, PractitionerFactory, UserFactory
 from tests.rx_helpers import console_session
@@ -305,3 +306,15 @@ def test_the_room_hands_the_configured_stun_and_turn_servers_to_the_call(setting
     assert room.status_code == 200
     config = room.content.decode().split('id="console-config" type="application/json">')[1]
     assert json.loads(config.split("</script>")[0])["ice_servers"] == servers
+
+
+def test_every_record_type_the_hospital_sends_has_its_words_in_the_console() -> None:
+    """The regulator's feed and the administrator's outbox name each record type; a type
+    the server may send without words would show as its code."""
+    source = (CONSOLE_APP / "static" / "console" / "record_types.js").read_text()
+    mapping = dict(re.findall(r'^\s*"?([\w.]+)"?: "(ov_rt_\w+)",$', source, re.MULTILINE))
+    assert sorted(mapping) == sorted(RECORD_TYPES)
+    for key in mapping.values():
+        assert set(MESSAGES[key]) == set(LANGUAGES), key
+    # And the server refuses a type that is not on the list.
+    assert payload_errors("dispense.teleport", {}) == ["unknown record type 'dispense.teleport'"]

@@ -4,6 +4,7 @@
 
 import "./page.js";
 import { api, apiList, clearError, showError } from "./api.js";
+import { RECORD_TYPES } from "./record_types.js";
 import { barChart, lineChart } from "./charts.js";
 import { config, formatTime, t } from "./i18n.js";
 import { LiveSocket } from "./socket.js";
@@ -22,25 +23,6 @@ function debounce(fn, ms) {
 }
 
 // The words of the API's values, one key each (a value without one is shown as it is).
-const RECORD_TYPES = {
-  "filing.institution": "ov_rt_filing_institution",
-  "filing.practitioner": "ov_rt_filing_practitioner",
-  "consultation.requested": "ov_rt_consultation_requested",
-  "consultation.accepted": "ov_rt_consultation_accepted",
-  "consultation.ended": "ov_rt_consultation_ended",
-  "consultation.expired": "ov_rt_consultation_expired",
-  "consultation.cancelled": "ov_rt_consultation_cancelled",
-  "consultation.referred_offline": "ov_rt_consultation_referred_offline",
-  "consultation.first_visit_refused": "ov_rt_consultation_first_visit_refused",
-  "prescription.issued": "ov_rt_prescription_issued",
-  "prescription.revoked": "ov_rt_prescription_revoked",
-  "prescription.expired": "ov_rt_prescription_expired",
-  review: "ov_rt_review",
-  "dispense.dispense": "ov_rt_dispense_dispense",
-  "dispense.ship": "ov_rt_dispense_ship",
-  "dispense.deliver": "ov_rt_dispense_deliver",
-  alert: "ov_rt_alert",
-};
 const ALERT_KINDS = {
   upload_delay: "ov_ak_upload_delay",
   controlled_drug: "ov_ak_controlled_drug",
