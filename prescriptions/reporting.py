@@ -1,8 +1,8 @@
 """What the provincial platform receives about prescriptions: every transition (DOMAIN,
 "Prescription lifecycle"): the signed prescription (issued, superseded, revoked,
 expired), the pharmacist's review, a pharmacy's claim and its release, dispense and
-delivery; plus the controlled-drug alert. Built here, handed to the regulators outbox in the same
-transaction as the change."""
+delivery; plus the controlled-drug alert. Built here, handed to the regulators outbox in
+the same transaction as the change."""
 
 from __future__ import annotations
 
@@ -155,12 +155,13 @@ def _claim_payload(prescription: Prescription, event: PrescriptionEvent) -> dict
     an idle claim is given back by the system)."""
     pharmacy = event.pharmacy
     assert pharmacy is not None  # noqa: S101 - a claim and its release name the pharmacy
+    done = {"claim": "claimed", "release": "released"}[event.action]
     payload: dict[str, Any] = {
         "prescription_id": str(prescription.pk),
-        "event": {"claim": "claimed", "release": "released"}[event.action],
+        "event": done,
         "delivery_type": _delivery_type(prescription),
         "pharmacy": {"code": pharmacy.code, "name": pharmacy.name},
-        f"{'claimed' if event.action == 'claim' else 'released'}_at": _time(event.created_at),
+        f"{done}_at": _time(event.created_at),  # claimed_at or released_at
     }
     if event.reason:
         payload["reason"] = event.reason

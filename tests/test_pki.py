@@ -830,6 +830,30 @@ def _until(condition: Any, what: str, seconds: float = 15) -> None:
         time.sleep(0.02)
 
 
+def _on_thread(work: Any, errors: list[BaseException]) -> threading.Thread:
+    """``work`` on a thread of its own, with its own connection, closed after; what it
+    raises is kept in ``errors``."""
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # surfaced by the caller
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    return threading.Thread(target=run)
+
+
+def _hold_the_audit_chain(holding: threading.Event, release: threading.Event) -> None:
+    """Lock the audit chain's head until ``release``: a transaction that appends to it
+    (a signature's, a revocation's) waits there, after its other writes, uncommitted."""
+    with transaction.atomic():
+        AuditChainHead.objects.select_for_update().get(name="main")
+        holding.set()
+        release.wait(timeout=30)
+
+
 @pytest.mark.usefixtures("icd10")
 @pytest.mark.django_db(transaction=True)
 def test_a_signature_racing_an_uncommitted_revocation_waits_for_it_and_is_refused(
@@ -850,26 +874,6 @@ def test_a_signature_racing_an_uncommitted_revocation_waits_for_it_and_is_refuse
     answers: dict[str, Any] = {}
     errors: list[BaseException] = []
 
-    def thread(work: Any) -> threading.Thread:
-        """``work`` on a thread of its own, with its own connection, closed after."""
-
-        def run() -> None:
-            try:
-                work()
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-            finally:
-                connections.close_all()
-
-        return threading.Thread(target=run)
-
-    def hold_the_audit_chain() -> None:
-        # The revocation's audit record waits here, after its UPDATE, before its commit.
-        with transaction.atomic():
-            AuditChainHead.objects.select_for_update().get(name="main")
-            holding.set()
-            release.wait(timeout=30)
-
     def revoke() -> None:
         certificate_revoke(
             certificate=SigningCertificate.objects.get(pk=certificate.pk), reason="key compromise"
@@ -878,7 +882,11 @@ def test_a_signature_racing_an_uncommitted_revocation_waits_for_it_and_is_refuse
     def sign() -> None:
         answers["sign"] = scene.sign(prescription_id, otp)
 
-    holder, revoker, signer = thread(hold_the_audit_chain), thread(revoke), thread(sign)
+    holder, revoker, signer = (
+        _on_thread(work, errors)
+        # The revocation's audit record waits at the chain, after its UPDATE, uncommitted.
+        for work in (lambda: _hold_the_audit_chain(holding, release), revoke, sign)
+    )
     holder.start()
     assert holding.wait(timeout=15)
     revoker.start()
@@ -898,6 +906,65 @@ def test_a_signature_racing_an_uncommitted_revocation_waits_for_it_and_is_refuse
     signed = scene.sign(prescription_id)
     assert signed.status_code == 200, signed.content
     assert signed.json()["verification"]["valid"] is True
+
+
+@pytest.mark.usefixtures("icd10")
+@pytest.mark.django_db(transaction=True)
+def test_a_revocation_waits_for_a_signature_in_progress_before_it_reads_its_clock(
+    department,
+) -> None:
+    """The other order: the signature holds the certificate (made, not yet committed)
+    when the revocation starts, and the revocation's clock is behind the signing act's
+    (it read it earlier: the clock here is moved back to say so). The revocation waits
+    for the signature's commit and only then reads its clock, so it is dated after the
+    signature and the prescription verifies. Had it read its clock first, it would be
+    dated before the signature, and every verifier would refuse the prescription."""
+    require_postgres("the revocation race (row locks, separate connections)")
+    scene = RxScene(department)
+    prescription_id = scene.draft().json()["id"]
+    certificate = certificate_current(user=scene.doctor.user, role=CertificateRole.DOCTOR)
+    assert certificate is not None
+    holding, release = threading.Event(), threading.Event()
+    answers: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    signing_at = (timezone.now() + dt.timedelta(seconds=5)).replace(microsecond=500_000)
+
+    def revoke() -> None:
+        certificate_revoke(
+            certificate=SigningCertificate.objects.get(pk=certificate.pk), reason="key compromise"
+        )
+
+    def sign() -> None:
+        answers["sign"] = scene.sign(prescription_id, otp)
+
+    holder, signer, revoker = (
+        _on_thread(work, errors)
+        # The signature's audit record waits at the chain, its certificate held.
+        for work in (lambda: _hold_the_audit_chain(holding, release), sign, revoke)
+    )
+    with time_machine.travel(signing_at, tick=False) as clock:
+        otp = fresh_otp(scene.doctor.user)
+        holder.start()
+        assert holding.wait(timeout=15)
+        signer.start()
+        _until(lambda: _lock_waits() >= 1, "the signature to wait for the audit chain")
+        clock.move_to(signing_at - dt.timedelta(seconds=2))
+        revoker.start()
+        _until(lambda: _lock_waits() >= 2, "the revocation to wait")
+        clock.move_to(signing_at + dt.timedelta(seconds=2))
+        release.set()
+        for worker in (holder, signer, revoker):
+            worker.join(timeout=30)
+        assert errors == []
+
+        assert answers["sign"].status_code == 200, answers["sign"].content
+        certificate.refresh_from_db()
+        assert certificate.revoked_at == signing_at + dt.timedelta(seconds=2)
+        version = PrescriptionVersion.objects.get(prescription_id=prescription_id)
+        assert version.signed_at == signing_at
+        clock.move_to(signing_at + dt.timedelta(seconds=3))
+        detail = scene.doctor_session.get(f"{CONSOLE}/prescriptions/{prescription_id}")
+        assert detail.json()["verification"]["valid"] is True, detail.json()["verification"]
 
 
 def test_a_revocation_committed_after_the_act_refuses_its_signature(department) -> None:
