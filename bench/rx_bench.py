@@ -962,11 +962,12 @@ def raw_rates(algorithm: str, data: bytes, seconds: float, repeats: int) -> tupl
 
 
 def clear_verify_caches() -> None:
+    """Every cache of the verifier: what it read from certificates and the CRL too."""
     from prescriptions import verify
 
-    verify._certificate.cache_clear()
-    verify._issued_by.cache_clear()
-    verify._crl.cache_clear()
+    for value in vars(verify).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
 
 
 def bundle_rate(bundles: list[dict[str, Any]], seconds: float, cold: bool) -> float:

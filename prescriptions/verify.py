@@ -26,7 +26,6 @@ What is checked (docs/prescription-signing.md has the format):
 from __future__ import annotations
 
 import argparse
-import base64
 import binascii
 import datetime as dt
 import hashlib
@@ -111,7 +110,7 @@ def _b64(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise VerificationError("malformed_bundle", f"{what} is missing or not a string")
     try:
-        return base64.b64decode(value.encode(), validate=True)
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise VerificationError("malformed_bundle", f"{what} is not valid base64") from exc
 
@@ -134,15 +133,18 @@ _SAFE_INTEGER = 2**53 - 1
 
 #: An escaped surrogate (half of a character beyond the Basic Multilingual Plane).
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: The lead bytes of UTF-8's four-byte sequences: exactly the characters beyond the BMP.
+_FOUR_BYTE_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")
 
 
-def _within_bmp(raw: bytes, text: str) -> bool:
-    """No character beyond the Basic Multilingual Plane in ``text`` (the decoded ``raw``),
-    raw or as an escaped surrogate. UTF-16 writes exactly those as two units, so the
-    encoded length tells; the escape search runs only if ``raw`` has an escape at all."""
-    return len(text.encode("utf-16-le")) == 2 * len(text) and (
-        b"\\u" not in raw or _ESCAPED_SURROGATE.search(raw) is None
-    )
+def _within_bmp(raw: bytes) -> bool:
+    """No character beyond the Basic Multilingual Plane in ``raw`` (valid UTF-8), raw or
+    as an escaped surrogate. UTF-8 writes exactly those with a four-byte sequence; the
+    escape search runs only if ``raw`` has an escape at all."""
+    for lead in _FOUR_BYTE_LEADS:
+        if lead in raw:
+            return False
+    return b"\\u" not in raw or _ESCAPED_SURROGATE.search(raw) is None
 
 
 class _Outside(Exception):
@@ -160,6 +162,11 @@ def _float(text: str) -> float:
     raise _Outside
 
 
+#: Built once: ``json.loads``/``json.dumps`` with options build a new one per call.
+_STRICT_DECODER = json.JSONDecoder(parse_int=_int, parse_float=_float)
+_SORTED_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
     """Parse ``raw`` and require it to be RFC 8785 canonical JSON. Where the standard
     library's C encoder prints RFC 8785's bytes (no floats, integers within 2**53 - 1,
@@ -170,11 +177,11 @@ def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise VerificationError("not_canonical", f"{what} is not JSON") from exc
-    fast = _within_bmp(raw, text)
+    fast = _within_bmp(raw)
     content: Any = None
     if fast:
         try:
-            content = json.loads(text, parse_int=_int, parse_float=_float)
+            content = _STRICT_DECODER.decode(text)
         except _Outside:
             fast = False
         except ValueError as exc:
@@ -187,11 +194,7 @@ def _canonical_json(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise VerificationError("not_canonical", f"{what} is not a JSON object")
     try:
-        canonical = (
-            json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-            if fast
-            else rfc8785.dumps(content)
-        )
+        canonical = _SORTED_ENCODER.encode(content).encode() if fast else rfc8785.dumps(content)
     except (ValueError, TypeError) as exc:  # numbers outside I-JSON's range
         raise VerificationError("not_canonical", f"{what} has values JSON cannot carry") from exc
     if canonical != raw:
@@ -226,17 +229,34 @@ def _issued_by(leaf_pem: str, root_pem: str) -> bool:
     return not constraints.ca and usage.digital_signature
 
 
+@dataclass(frozen=True)
+class _Revocations:
+    """What a root's revocation list says, checked and read once."""
+
+    last_update: dt.datetime
+    revoked_at: dict[int, dt.datetime]
+
+
+def _crl(crl_b64: Any, root_pem: str) -> _Revocations:
+    if not isinstance(crl_b64, str):
+        raise VerificationError("malformed_bundle", "crl is missing or not a string")
+    return _revocations(crl_b64, root_pem)
+
+
 @lru_cache(maxsize=64)
-def _crl(crl_der: bytes, root_pem: str) -> x509.CertificateRevocationList:
+def _revocations(crl_b64: str, root_pem: str) -> _Revocations:
     root = _certificate(root_pem)
     try:
-        crl = x509.load_der_x509_crl(crl_der)
+        crl = x509.load_der_x509_crl(_b64(crl_b64, "crl"))
     except ValueError as exc:
         raise VerificationError("crl_invalid", "the revocation list is not valid DER") from exc
     public = root.public_key()
     if crl.issuer != root.subject or not crl.is_signature_valid(public):  # type: ignore[arg-type]
         raise VerificationError("crl_invalid", "the revocation list is not signed by the root")
-    return crl
+    return _Revocations(
+        last_update=crl.last_update_utc,
+        revoked_at={entry.serial_number: entry.revocation_date_utc for entry in crl},
+    )
 
 
 @dataclass(frozen=True)
@@ -249,8 +269,12 @@ class _Leaf:
     title: str
     name: str
     practice_certificate_number: str
+    organisation: str
+    serial_number: int
     serial_hex: str
     sha256: str
+    not_before: dt.datetime
+    not_after: dt.datetime
 
 
 @lru_cache(maxsize=256)
@@ -262,8 +286,12 @@ def _leaf(pem: str) -> _Leaf:
         title=_attribute(certificate, NameOID.TITLE),
         name=_attribute(certificate, NameOID.COMMON_NAME),
         practice_certificate_number=_attribute(certificate, NameOID.SERIAL_NUMBER),
+        organisation=_attribute(certificate, ORGANIZATION_IDENTIFIER),
+        serial_number=certificate.serial_number,
         serial_hex=format(certificate.serial_number, "x"),
         sha256=certificate.fingerprint(hashes.SHA256()).hex(),
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
     )
 
 
@@ -272,12 +300,15 @@ def _fingerprint(pem: str) -> str:
     return _certificate(pem).fingerprint(hashes.SHA256()).hex()
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
 def _signature_valid(public: Any, signature: bytes, data: bytes) -> bool:
     try:
-        if isinstance(public, ed25519.Ed25519PublicKey):
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, _ECDSA_SHA256)
+        elif isinstance(public, ed25519.Ed25519PublicKey):
             public.verify(signature, data)
-        elif isinstance(public, ec.EllipticCurvePublicKey):
-            public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
         else:
             return False
     except InvalidSignature:
@@ -292,8 +323,8 @@ def _check_signer(
     role: str,
     data: bytes,
     root_pem: str,
-    crl: x509.CertificateRevocationList,
-) -> tuple[SignerInfo, bytes]:
+    crl: _Revocations,
+) -> tuple[SignerInfo, bytes, _Leaf]:
     if not isinstance(block, dict):
         raise VerificationError("malformed_bundle", f"{what} is missing")
     chain = block.get("certificate_chain")
@@ -301,11 +332,10 @@ def _check_signer(
         raise VerificationError(
             "malformed_bundle", f"{what}: certificate_chain must be [signer, root] PEM"
         )
-    if chain[1].strip() != root_pem.strip():
+    if chain[1] != root_pem and chain[1].strip() != root_pem.strip():
         raise VerificationError("chain_invalid", f"{what}: the chain ends at another root")
     leaf_pem = chain[0]
     facts = _leaf(leaf_pem)
-    leaf = facts.certificate
     if not _issued_by(leaf_pem, root_pem):
         raise VerificationError(
             "chain_invalid", f"{what}: the certificate is not a signing certificate of the root"
@@ -317,19 +347,18 @@ def _check_signer(
             f"certificate, a {role}'s is required",
         )
     signed_at = _time(block.get("signed_at"), f"{what}.signed_at")
-    if not leaf.not_valid_before_utc <= signed_at <= leaf.not_valid_after_utc:
+    if not facts.not_before <= signed_at <= facts.not_after:
         raise VerificationError(
             "certificate_expired", f"{what}: the certificate was not valid at {signed_at}"
         )
-    if crl.last_update_utc < signed_at:
+    if crl.last_update < signed_at:
         raise VerificationError(
             "crl_invalid", "the revocation list is older than the signature; fetch a newer one"
         )
-    revoked = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-    if revoked is not None and revoked.revocation_date_utc <= signed_at:
+    revoked_at = crl.revoked_at.get(facts.serial_number)
+    if revoked_at is not None and revoked_at <= signed_at:
         raise VerificationError(
-            "certificate_revoked",
-            f"{what}: the certificate was revoked at {revoked.revocation_date_utc}",
+            "certificate_revoked", f"{what}: the certificate was revoked at {revoked_at}"
         )
     signature = _b64(block.get("value"), f"{what}.value")
     if not _signature_valid(facts.public_key, signature, data):
@@ -342,7 +371,7 @@ def _check_signer(
         certificate_sha256=facts.sha256,
         signed_at=signed_at,
     )
-    return info, signature
+    return info, signature, facts
 
 
 def _root(bundle: dict[str, Any], trusted_roots: set[str] | None) -> tuple[str, str]:
@@ -374,7 +403,7 @@ def verify_bundle(
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise VerificationError("malformed_bundle", f"not an {BUNDLE_FORMAT} bundle")
     root_pem, root_sha256 = _root(bundle, trusted_roots)
-    crl = _crl(_b64(bundle.get("crl"), "crl"), root_pem)
+    crl = _crl(bundle.get("crl"), root_pem)
 
     signed = _b64(bundle.get("signed_content"), "signed_content")
     content = _canonical_json(signed, "signed_content")
@@ -384,7 +413,7 @@ def verify_bundle(
         raise VerificationError(
             "content_mismatch", "the signed content names another prescription or version"
         )
-    doctor, doctor_signature = _check_signer(
+    doctor, doctor_signature, doctor_leaf = _check_signer(
         bundle.get("doctor_signature"),
         what="doctor_signature",
         role="doctor",
@@ -398,10 +427,7 @@ def verify_bundle(
             "content_mismatch", "the prescriber is not the holder of the signing certificate"
         )
     hospital = content.get("hospital") or {}
-    leaf_org = _attribute(
-        _certificate(bundle["doctor_signature"]["certificate_chain"][0]), ORGANIZATION_IDENTIFIER
-    )
-    if hospital.get("uscc") != leaf_org:
+    if hospital.get("uscc") != doctor_leaf.organisation:
         raise VerificationError(
             "content_mismatch", "the certificate belongs to another institution"
         )
@@ -438,7 +464,7 @@ def verify_bundle(
                 raise VerificationError(
                     "review_mismatch", f"the review does not approve this signature ({key})"
                 )
-        pharmacist, _ = _check_signer(
+        pharmacist, _, _ = _check_signer(
             review.get("signature"),
             what="review.signature",
             role="pharmacist",
