@@ -1,13 +1,19 @@
 """JSON Schemas of the records the platform receives (DOMAIN.md, "What the regulator
 receives"). Every payload is validated before it is stored: a record that does not match
 is a bug in its builder, and the business transaction is refused rather than reporting
-something the platform would reject later."""
+something the platform would reject later.
+
+Every business transaction appends a record, so the check runs compiled
+(``fastjsonschema``: about 20x faster than interpreting the schema); only a payload it
+refuses is read again by ``jsonschema``, which names every error rather than the first."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 
 _STR = {"type": "string"}
@@ -242,16 +248,35 @@ RECORD_TYPES: tuple[str, ...] = (
 )
 
 
+def _family(record_type: str) -> str:
+    return record_type.split(".")[0] if record_type not in SCHEMAS else record_type
+
+
 @cache
 def validator(record_type: str) -> Draft202012Validator:
-    family = record_type.split(".")[0] if record_type not in SCHEMAS else record_type
-    return Draft202012Validator(SCHEMAS[family])
+    return Draft202012Validator(SCHEMAS[_family(record_type)])
+
+
+@cache
+def _compiled(family: str) -> Callable[[Any], Any]:
+    # The schemas use only keywords that draft 7 and 2020-12 read alike (type, required,
+    # properties, items, enum, const, oneOf, minimum, lengths); formats are checked too.
+    schema = {"$schema": "http://json-schema.org/draft-07/schema#", **SCHEMAS[family]}
+    check: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return check
 
 
 def payload_errors(record_type: str, payload: dict[str, Any]) -> list[str]:
     if record_type not in RECORD_TYPES:
         return [f"unknown record type {record_type!r}"]
-    return [
-        f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
-        for error in validator(record_type).iter_errors(payload)
-    ]
+    try:
+        _compiled(_family(record_type))(payload)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        errors = [
+            f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+            for error in validator(record_type).iter_errors(payload)
+        ]
+        # jsonschema does not check formats (date-time) unless told: the compiled check does.
+        path = "/".join(str(p) for p in exc.path[1:]) or "(root)"
+        return errors or [f"{path}: {exc.message.removeprefix(f'{exc.name} ')}"]
+    return []

@@ -476,3 +476,48 @@ def test_indicators_from_real_records(province_peer, department):
         scene.doctor.practice_certificate_number,
         second.doctor.practice_certificate_number,
     }
+
+
+def test_a_record_off_its_schema_is_refused_with_every_error_named(department):
+    """A builder bug never reaches the platform: the record and its transaction are
+    refused, naming each field (the compiled check finds it, ``jsonschema`` names all);
+    a time that is not RFC 3339 is refused too, though only the compiled check reads it."""
+    from backend.api.problems import DomainError
+    from regulators.services import outbox_append
+
+    hospital = department.hospital
+    issued = {
+        "consultation_id": "c-1",
+        "prescription_id": "p-1",
+        "version": 1,
+    }
+
+    def append(record_type: str, payload: dict) -> DomainError:
+        with pytest.raises(DomainError) as refused:
+            outbox_append(
+                hospital=hospital,
+                record_type=record_type,
+                aggregate_type="prescription",
+                aggregate_id="p-1",
+                occurred_at=timezone.now(),
+                payload=payload,
+            )
+        return refused.value
+
+    error = append("prescription.issued", issued)
+    assert error.code == "invalid_record"
+    # Several required fields are missing and each is named, not only the first.
+    assert error.detail.count("is a required property") >= 3, error.detail
+
+    record = OutboxRecord.objects.filter(hospital=hospital).order_by("-id").first()
+    alert = {
+        "alert_id": "a-1",
+        "kind": "controlled_drug_attempt",
+        "rule": "DOMAIN.md rule 7",
+        "raised_at": "2026-12-06 10:00:00+08:00",  # a space, not RFC 3339's "T"
+    }
+    error = append("alert", alert)
+    assert error.code == "invalid_record"
+    assert "raised_at: must be date-time" in error.detail, error.detail
+    # Nothing was stored for either.
+    assert OutboxRecord.objects.filter(hospital=hospital).order_by("-id").first() == record
