@@ -87,7 +87,8 @@ class OrderKindHooks:
     #: Told once the order is paid, in a transaction of its own; answers whether the
     #: subject still takes the money (False: it is refunded at once).
     on_paid: Callable[[Order], bool]
-    #: Whether the subject may be paid for now (checked before a payment starts).
+    #: Whether the subject may be paid for now (checked before a payment starts); a kind
+    #: may raise its own ``DomainError`` instead where a more specific code says why.
     payable: Callable[[Order], bool] = field(default=lambda order: True)
 
 

@@ -6,9 +6,11 @@ class PrescriptionsConfig(AppConfig):
     verbose_name = "Prescriptions"
 
     def ready(self) -> None:
+        from backend.api.problems import DomainError
         from payments.models import Order, OrderKind
         from payments.services import OrderKindHooks, order_kind_register
         from prescriptions import problems  # noqa: F401  (registers the error codes)
+        from prescriptions.lifecycle import BEFORE_REVIEW
         from prescriptions.models import PrescriptionStatus
         from prescriptions.selectors import prescription_status
 
@@ -26,7 +28,15 @@ class PrescriptionsConfig(AppConfig):
         def approved_now(order: Order) -> bool:
             return prescription_status(prescription_id=order.subject_id) in approved
 
+        def payable(order: Order) -> bool:
+            status = prescription_status(prescription_id=order.subject_id)
+            if status in BEFORE_REVIEW:  # the code for "payable before approval"
+                raise DomainError(
+                    "not_reviewed", "A prescription is paid for after a pharmacist approved it."
+                )
+            return status in approved
+
         order_kind_register(
             OrderKind.PRESCRIPTION,
-            OrderKindHooks(on_paid=approved_now, payable=approved_now),
+            OrderKindHooks(on_paid=approved_now, payable=payable),
         )

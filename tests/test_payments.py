@@ -485,7 +485,7 @@ def test_no_order_exists_for_a_prescription_before_the_pharmacists_approval(peer
             description="before approval",
             items=[{"code": "X", "name": "x", "unit_price": 100, "quantity": 1}],
         )
-    assert refused.value.code == "order_not_payable"
+    assert refused.value.code == "not_reviewed"
     assert prescription_orders() == 0
     # A second prescription goes through approval: now exactly one order, with delivery.
     approved = rx.active()
