@@ -1,7 +1,8 @@
 """Offline verification of a signed prescription bundle.
 
-This module is deliberately standalone: it needs only ``cryptography`` and ``rfc8785``
-and imports nothing from the project, so a pharmacy integrator can copy this one file.
+This module is deliberately standalone: it needs only ``cryptography`` (42 or later) and
+``rfc8785`` and imports nothing from the project, so a pharmacy integrator can copy this
+one file; it runs on Python 3.8 and later.
 The server verifies with the same code before a review and before a claim.
 
     python -m prescriptions.verify bundle.json [--root hospital-root.pem] [--review-optional]
@@ -26,6 +27,7 @@ What is checked (docs/prescription-signing.md has the format):
 from __future__ import annotations
 
 import argparse
+import base64
 import binascii
 import datetime as dt
 import hashlib
@@ -106,11 +108,22 @@ class Verified:
 # --- Helpers --------------------------------------------------------------------------------
 
 
+if sys.version_info >= (3, 11):  # noqa: UP036 (the file is copied into older Pythons)
+
+    def _decode64(text: str) -> bytes:
+        return binascii.a2b_base64(text, strict_mode=True)  # checked in C
+
+else:  # pharmacy systems on older Pythons
+
+    def _decode64(text: str) -> bytes:
+        return base64.b64decode(text, validate=True)
+
+
 def _b64(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
         raise VerificationError("malformed_bundle", f"{what} is missing or not a string")
     try:
-        return binascii.a2b_base64(value, strict_mode=True)
+        return _decode64(value)
     except (binascii.Error, ValueError) as exc:
         raise VerificationError("malformed_bundle", f"{what} is not valid base64") from exc
 
