@@ -116,7 +116,10 @@ def forge(
     """The bundle signed anew by ``doctor`` at ``signed_at`` (the content issued at
     ``issued_at``, by default the same instant) and reviewed by ``pharmacist`` a moment
     later, with a revocation list issued after both. With valid certificates the result
-    verifies (see the control cases), so a refusal names what the caller changed."""
+    verifies (see the control cases), so a refusal names what the caller changed. Run on
+    a ticking clock with ``signed_at`` just taken from it, the review's moment later is
+    capped at the present: a list issued in the same second as a review 5 ms in the
+    future was older than the review (a rare ``crl_invalid``, seen in CI)."""
     content = json.loads(_decode(bundle["signed_content"]))
     content["issued_at"] = _iso(issued_at or signed_at)
     signed = rfc8785.dumps(content)
@@ -126,7 +129,9 @@ def forge(
     forged["doctor_signature"] = signature_block(
         certificate=doctor, value=doctor_value, signed_at=signed_at
     )
-    reviewed_at = signed_at + dt.timedelta(milliseconds=5)
+    # A moment later, but not later than now: the revocation list below is issued now,
+    # and a review dated after it would make the list stale (``crl_invalid``).
+    reviewed_at = max(signed_at, min(signed_at + dt.timedelta(milliseconds=5), timezone.now()))
     if pharmacist is not None:
         statement = json.loads(_decode(bundle["review"]["content"]))
         statement["doctor_signature_sha256"] = hashlib.sha256(doctor_value).hexdigest()
@@ -352,6 +357,22 @@ def test_a_change_in_the_stored_bytes_is_caught_by_the_server(scene) -> None:
 
 
 # --- Revocation -------------------------------------------------------------------------------
+
+
+def test_a_forgery_helper_control_holds_at_the_end_of_a_second(scene) -> None:
+    """The refusals below compare a forged bundle with its control: the control must
+    verify at any instant, also 1 ms before a second ends, where the revocation list
+    (whole seconds) is issued in the same second as the signature."""
+    bundle = console_bundle(scene, scene.active())
+    doctor = current(scene, CertificateRole.DOCTOR)
+    pharmacist = current(scene, CertificateRole.PHARMACIST)
+    late = timezone.now().replace(microsecond=999000) + dt.timedelta(seconds=3)
+    with time_machine.travel(late, tick=False):
+        forged = forge(bundle, doctor=doctor, pharmacist=pharmacist, signed_at=timezone.now())
+        verified = verify_bundle(forged)
+    assert verified.doctor.signed_at == late
+    assert verified.pharmacist is not None
+    assert verified.pharmacist.signed_at >= verified.doctor.signed_at
 
 
 def test_a_certificate_revoked_before_signing_is_refused(scene) -> None:
