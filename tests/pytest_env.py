@@ -13,7 +13,11 @@ import tempfile
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ["DEMO_MODE"] = "1"
-os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix=f"ih-test-{_worker}-"))
+# Set, not defaulted: an xdist worker inherits the controller's environment, and with
+# the controller's directory every worker shared one static root, which one worker's
+# ``collectstatic`` (the browser tests' server) rewrote while another's WhiteNoise was
+# reading it (a FileNotFoundError in an unrelated test, seen in CI).
+os.environ["VAR_DIR"] = tempfile.mkdtemp(prefix=f"ih-test-{_worker}-")
 os.environ["CHANNEL_LAYER_PREFIX"] = f"ih-test-{os.getpid()}-{_worker}"
 os.environ["CACHE_KEY_PREFIX"] = f"ih-test-{os.getpid()}-{_worker}"
 os.environ["CELERY_DEFAULT_QUEUE"] = f"ih-test-{os.getpid()}-{_worker}"
