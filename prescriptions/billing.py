@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from payments.models import OrderKind, RefundReason
+from backend.api.problems import DomainError
+from payments.models import Order, OrderKind, RefundReason
 from payments.selectors import order_of_subject
 from payments.services import order_create, order_items_replace, order_release
+from prescriptions.lifecycle import BEFORE_REVIEW
 from prescriptions.models import Fulfilment, Prescription, PrescriptionEvent
+from prescriptions.models import PrescriptionStatus as S
+from prescriptions.selectors import prescription_status
 
 KIND = OrderKind.PRESCRIPTION
+
+#: After the pharmacist's approval and not cancelled or expired (DOMAIN rule 6).
+APPROVED = frozenset({S.ACTIVE, S.CLAIMED, S.DISPENSED, S.SHIPPED, S.DELIVERED})
 
 _RELEASES = {
     "cancel": RefundReason.PRESCRIPTION_CANCELLED,
@@ -44,6 +51,22 @@ def order_items(prescription: Prescription) -> list[dict[str, object]]:
             }
         )
     return items
+
+
+def order_paid(order: Order) -> bool:
+    """The order was paid: whether the prescription still takes the money."""
+    return prescription_status(prescription_id=order.subject_id) in APPROVED
+
+
+def order_payable(order: Order) -> bool:
+    """Whether the prescription may be paid for now; before the pharmacist's approval
+    the refusal says so (``not_reviewed``, DOMAIN rule 6)."""
+    status = prescription_status(prescription_id=order.subject_id)
+    if status in BEFORE_REVIEW:
+        raise DomainError(
+            "not_reviewed", "A prescription is paid for after a pharmacist approved it."
+        )
+    return status in APPROVED
 
 
 def after_transition(prescription: Prescription, event: PrescriptionEvent) -> None:

@@ -273,10 +273,13 @@ def payload_errors(record_type: str, payload: dict[str, Any]) -> list[str]:
         _compiled(_family(record_type))(payload)
     except fastjsonschema.JsonSchemaValueException as exc:
         errors = [
-            f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+            f"{_where(error.absolute_path)}: {error.message}"
             for error in validator(record_type).iter_errors(payload)
         ]
         # jsonschema does not check formats (date-time) unless told: the compiled check does.
-        path = "/".join(str(p) for p in exc.path[1:]) or "(root)"
-        return errors or [f"{path}: {exc.message.removeprefix(f'{exc.name} ')}"]
+        return errors or [f"{_where(exc.path[1:])}: {exc.message.removeprefix(f'{exc.name} ')}"]
     return []
+
+
+def _where(path: Any) -> str:
+    return "/".join(str(p) for p in path) or "(root)"
