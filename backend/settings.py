@@ -38,14 +38,29 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    why: str = "",
+) -> int:
+    """An integer setting; ``minimum``/``maximum`` are limits the law or the design sets,
+    which configuration may tighten but not pass (``why`` names the source)."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+    source = f" ({why})" if why else ""
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}{source}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}{source}, got {value}")
+    return value
 
 
 def env_list(name: str, default: list[str] | None = None) -> list[str]:
@@ -456,13 +471,29 @@ SIGNING_ACT_MAX_AGE_SECONDS = env_int("SIGNING_ACT_MAX_AGE_SECONDS", 60)
 SIGNER_BACKEND = os.environ.get("SIGNER_BACKEND", "backend.pki.services.LocalSigner")
 #: The treating doctor may still prescribe this long after the consultation ended.
 PRESCRIPTION_GRACE_MINUTES = env_int("PRESCRIPTION_GRACE_MINUTES", 60)
+# The legal limits below may be tightened by a hospital, never loosened: a value past the
+# law's is refused at start (DOMAIN.md rules 8 and 9).
 #: Longest validity the doctor may give (处方管理办法 第18条: at most 3 days).
-PRESCRIPTION_MAX_VALIDITY_DAYS = env_int("PRESCRIPTION_MAX_VALIDITY_DAYS", 3)
-#: Normal supply limit, and the limit for a stable chronic disease with a reason.
-PRESCRIPTION_MAX_DAYS = env_int("PRESCRIPTION_MAX_DAYS", 7)
-PRESCRIPTION_MAX_CHRONIC_DAYS = env_int("PRESCRIPTION_MAX_CHRONIC_DAYS", 84)
-#: Age (years) under which a guardian and a specialist must be recorded.
-PRESCRIPTION_CHILD_AGE = env_int("PRESCRIPTION_CHILD_AGE", 6)
+PRESCRIPTION_MAX_VALIDITY_DAYS = env_int(
+    "PRESCRIPTION_MAX_VALIDITY_DAYS", 3, minimum=1, maximum=3, why="处方管理办法 第18条"
+)
+#: Normal supply limit (处方管理办法 第19条: 7 days), and the limit for a stable chronic
+#: disease with a reason (长期处方管理规范: 12 weeks).
+PRESCRIPTION_MAX_DAYS = env_int(
+    "PRESCRIPTION_MAX_DAYS", 7, minimum=1, maximum=7, why="处方管理办法 第19条"
+)
+PRESCRIPTION_MAX_CHRONIC_DAYS = env_int(
+    "PRESCRIPTION_MAX_CHRONIC_DAYS",
+    84,
+    minimum=PRESCRIPTION_MAX_DAYS,
+    maximum=84,
+    why="长期处方管理规范: 12 weeks, and not under PRESCRIPTION_MAX_DAYS",
+)
+#: Age (years) under which a guardian and a specialist must be recorded (rule 8: 6; a
+#: hospital may ask it for older children too).
+PRESCRIPTION_CHILD_AGE = env_int(
+    "PRESCRIPTION_CHILD_AGE", 6, minimum=6, maximum=18, why="互联网诊疗管理办法 第19条"
+)
 #: A pharmacy's claim with no activity for this long goes back to active.
 PRESCRIPTION_CLAIM_IDLE_MINUTES = env_int("PRESCRIPTION_CLAIM_IDLE_MINUTES", 120)
 #: Wrong access codes allowed per window, per pharmacy and per prescription.

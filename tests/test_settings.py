@@ -105,6 +105,16 @@ def test_production_refuses_without_a_named_provider(tmp_path, missing):
         ("BLIND_INDEX_KEY", "%%%not-base64%%%", "not valid base64"),
         ("SECRET_KEY", "too-short", "at least 32"),
         ("DEBUG", "maybe", "must be a boolean"),
+        # The legal limits may be tightened, never loosened.
+        ("PRESCRIPTION_MAX_VALIDITY_DAYS", "5", "PRESCRIPTION_MAX_VALIDITY_DAYS must be at most 3"),
+        ("PRESCRIPTION_MAX_VALIDITY_DAYS", "0", "must be at least 1"),
+        ("PRESCRIPTION_MAX_DAYS", "14", "PRESCRIPTION_MAX_DAYS must be at most 7"),
+        (
+            "PRESCRIPTION_MAX_CHRONIC_DAYS",
+            "120",
+            "PRESCRIPTION_MAX_CHRONIC_DAYS must be at most 84",
+        ),
+        ("PRESCRIPTION_CHILD_AGE", "4", "PRESCRIPTION_CHILD_AGE must be at least 6"),
     ],
 )
 def test_malformed_values_are_refused_with_a_clear_message(tmp_path, name, value, message):
