@@ -26,9 +26,9 @@ from backend.identity.authentication import request_account
 from backend.organisations.models import Pharmacy
 from consultations.serializers import OptionalReasonInput
 from mobile_api.permissions import IsPatient
-from prescriptions.lifecycle import BEFORE_REVIEW, CLAIMABLE
-from prescriptions.models import Prescription, PrescriptionStatus
+from prescriptions.models import Prescription
 from prescriptions.selectors import (
+    access_code_refusal,
     prescription_bundle_or_none,
     prescription_history,
     prescription_visible_to,
@@ -57,7 +57,8 @@ def qr_payload(prescription: Prescription) -> str:
 class PatientPrescriptionOutput(PrescriptionOutput):
     history = EventOutput(many=True)
     access_code = serializers.CharField(
-        allow_null=True, help_text="shown once a pharmacist approved it, while it is claimable"
+        allow_null=True,
+        help_text="shown once a pharmacist approved it, while it is claimable and valid",
     )
     qr = serializers.DictField(allow_null=True, help_text="png and svg image URLs")
     delivery_address = serializers.DictField(allow_null=True)
@@ -69,7 +70,7 @@ def _detail(request: Request, prescription_id: UUID | str) -> dict[str, Any]:
     prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
     body = prescription_state(prescription)
     body["history"] = [event_state(e) for e in prescription_history(prescription=prescription)]
-    claimable = prescription.status in CLAIMABLE
+    claimable = access_code_refusal(prescription=prescription) is None
     body["access_code"] = prescription.access_code if claimable else None
     base = request.build_absolute_uri(f"/api/mobile/v1/prescriptions/{prescription.pk}/")
     body["qr"] = {"png": base + "qr.png", "svg": base + "qr.svg"} if claimable else None
@@ -118,24 +119,9 @@ class _QrApi(ApiView):
     def get(self, request: Request, prescription_id: UUID) -> HttpResponse:
         account = request_account(request)
         prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
-        if prescription.status not in CLAIMABLE:
-            code = {
-                PrescriptionStatus.CANCELLED: "prescription_cancelled",
-                PrescriptionStatus.EXPIRED: "prescription_expired",
-            }.get(PrescriptionStatus(prescription.status))
-            extra = {}
-            if code is None and prescription.status in BEFORE_REVIEW:
-                code = "not_reviewed"
-            elif code is None:  # a pharmacy has it (the patient's own choice, as a rule)
-                code, extra = (
-                    "prescription_state_conflict",
-                    {"prescription_status": prescription.status},
-                )
-            raise DomainError(
-                code,
-                "The code is shown while the prescription is approved and not yet claimed.",
-                extra=extra,
-            )
+        refusal = access_code_refusal(prescription=prescription)
+        if refusal is not None:
+            raise refusal
         audit_record(
             action="prescription.qr_viewed",
             actor=account,

@@ -13,33 +13,43 @@ class Transition:
     action: str
     sources: frozenset[str]
     target: str
-    actor: str  # "doctor", "pharmacist", "pharmacy", "patient" or "system"
+    #: Who may make the move: "doctor", "pharmacist", "pharmacy" (its staff), "patient" or
+    #: "system" (a periodic job, or a move that follows another in the same transaction).
+    actors: frozenset[str]
 
+
+_DOCTOR = frozenset({"doctor"})
+_PHARMACIST = frozenset({"pharmacist"})
+_PHARMACY = frozenset({"pharmacy"})
+_PATIENT = frozenset({"patient"})
+_SYSTEM = frozenset({"system"})
 
 TRANSITIONS: dict[str, Transition] = {
     t.action: t
     for t in (
-        Transition("sign", frozenset({S.DRAFT}), S.SIGNED, "doctor"),
-        Transition("submit", frozenset({S.SIGNED}), S.UNDER_REVIEW, "system"),
-        Transition("approve", frozenset({S.UNDER_REVIEW}), S.ACTIVE, "pharmacist"),
-        Transition("reject", frozenset({S.UNDER_REVIEW}), S.REVIEW_REJECTED, "pharmacist"),
-        Transition("revise", frozenset({S.REVIEW_REJECTED}), S.DRAFT, "doctor"),
-        Transition("claim", frozenset({S.ACTIVE}), S.CLAIMED, "pharmacy"),
-        Transition("release", frozenset({S.CLAIMED}), S.ACTIVE, "pharmacy"),
-        Transition("dispense", frozenset({S.CLAIMED}), S.DISPENSED, "pharmacy"),
-        Transition("ship", frozenset({S.DISPENSED}), S.SHIPPED, "pharmacy"),
-        Transition("deliver", frozenset({S.SHIPPED}), S.DELIVERED, "pharmacy"),
+        Transition("sign", frozenset({S.DRAFT}), S.SIGNED, _DOCTOR),
+        Transition("submit", frozenset({S.SIGNED}), S.UNDER_REVIEW, _SYSTEM),
+        Transition("approve", frozenset({S.UNDER_REVIEW}), S.ACTIVE, _PHARMACIST),
+        Transition("reject", frozenset({S.UNDER_REVIEW}), S.REVIEW_REJECTED, _PHARMACIST),
+        Transition("revise", frozenset({S.REVIEW_REJECTED}), S.DRAFT, _DOCTOR),
+        Transition("claim", frozenset({S.ACTIVE}), S.CLAIMED, _PHARMACY),
+        Transition("release", frozenset({S.CLAIMED}), S.ACTIVE, _PHARMACY | _SYSTEM),
+        Transition("dispense", frozenset({S.CLAIMED}), S.DISPENSED, _PHARMACY),
+        Transition("ship", frozenset({S.DISPENSED}), S.SHIPPED, _PHARMACY),
+        Transition("deliver", frozenset({S.SHIPPED}), S.DELIVERED, _PHARMACY),
         Transition(
             "cancel",
             frozenset({S.DRAFT, S.SIGNED, S.UNDER_REVIEW, S.REVIEW_REJECTED, S.ACTIVE}),
             S.CANCELLED,
-            "doctor",
+            # The doctor or the patient; the system when a cancel pending while a pharmacy
+            # held the claim takes effect on its release.
+            _DOCTOR | _PATIENT | _SYSTEM,
         ),
         Transition(
             "expire",
             frozenset({S.SIGNED, S.UNDER_REVIEW, S.REVIEW_REJECTED, S.ACTIVE}),
             S.EXPIRED,
-            "system",
+            _SYSTEM,
         ),
     )
 }

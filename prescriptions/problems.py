@@ -15,7 +15,6 @@ for _code, _status, _title in (
     ("not_your_review", 403, "The prescription belongs to another hospital"),
     ("pharmacist_not_qualified", 403, "The pharmacist is not filed or not licensed"),
     ("bad_access_code", 403, "The access code is wrong"),
-    ("too_many_attempts", 429, "Too many wrong access codes; try again later"),
     ("already_claimed", 409, "Another pharmacy has claimed this prescription"),
     ("not_claimant", 403, "This pharmacy has not claimed the prescription"),
     ("bad_claim_secret", 403, "The claim secret is wrong"),

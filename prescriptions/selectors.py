@@ -6,12 +6,14 @@ from typing import Any
 from uuid import UUID
 
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
+from django.utils import timezone
 
 from backend.api.problems import DomainError
 from backend.compiled_queries import CompiledQuery
 from backend.identity.models import Role, User
 from backend.organisations.models import Practitioner, PractitionerKind
 from backend.patients.models import PatientProfile
+from prescriptions.lifecycle import BEFORE_REVIEW, CLAIMABLE
 from prescriptions.models import (
     Prescription,
     PrescriptionEvent,
@@ -158,6 +160,32 @@ def prescription_status(*, prescription_id: UUID | str) -> str | None:
     """The prescription's status as stored now, or None if there is no such prescription."""
     found = _STATUS.all(id=prescription_id)
     return found[0] if found else None
+
+
+def access_code_refusal(*, prescription: Prescription) -> DomainError | None:
+    """Why the patient is not shown the access code and its QR now, or None when they
+    are: approved, not claimed, and within the prescription's validity (until the
+    periodic job marks it expired, a prescription past its validity is treated as
+    expired here, as a claim treats it)."""
+    code: str | None = None
+    extra: dict[str, Any] = {}
+    if prescription.status in CLAIMABLE:
+        if prescription.valid_until is not None and timezone.now() < prescription.valid_until:
+            return None
+        code = "prescription_expired"
+    elif prescription.status == PrescriptionStatus.CANCELLED:
+        code = "prescription_cancelled"
+    elif prescription.status == PrescriptionStatus.EXPIRED:
+        code = "prescription_expired"
+    elif prescription.status in BEFORE_REVIEW:
+        code = "not_reviewed"
+    else:  # a pharmacy has it (the patient's own choice, as a rule)
+        code, extra = "prescription_state_conflict", {"prescription_status": prescription.status}
+    return DomainError(
+        code,
+        "The code is shown while the prescription is approved, not yet claimed and valid.",
+        extra=extra,
+    )
 
 
 _HISTORY = CompiledQuery(

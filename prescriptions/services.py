@@ -131,13 +131,28 @@ def _transition(
     return _transitions(prescription, [step], meta=meta)[0]
 
 
+#: Who an account acts as in the transition table; a move without an account is the
+#: system's (a periodic job, or one that follows another in the same transaction).
+_ACTOR_KINDS = {
+    Role.DOCTOR: "doctor",
+    Role.PHARMACIST: "pharmacist",
+    Role.PHARMACY_STAFF: "pharmacy",
+    Role.PATIENT: "patient",
+}
+
+
+def _actor_kind(actor: User | None) -> str:
+    return "system" if actor is None else _ACTOR_KINDS.get(Role(actor.role), str(actor.role))
+
+
 def _transitions(
     prescription: Prescription, steps: list[Step], *, meta: RequestMeta | None = None
 ) -> list[PrescriptionEvent]:
     """Moves made together (signing is ``sign`` then ``submit``): each checked against
-    the transition table from the status the one before left, each with its event row,
-    audit event, regulator record and push; written with one update of the row, one
-    insert of the events and one append to the audit chain. Call with the row locked."""
+    the transition table (from the status the one before left, and by whom), each with
+    its event row, audit event, regulator record and push; written with one update of
+    the row, one insert of the events and one append to the audit chain. Call with the
+    row locked."""
     now = timezone.now()
     fields = {"status", "status_reason", "updated_at"}
     events: list[PrescriptionEvent] = []
@@ -147,6 +162,11 @@ def _transitions(
         source = prescription.status
         if source not in transition.sources:
             raise _state_error(prescription, step.action)
+        actor = _actor_kind(step.actor)
+        if actor not in transition.actors:
+            raise DomainError(
+                "permission_denied", f"A {actor} account cannot {step.action} a prescription."
+            )
         prescription.status = transition.target
         prescription.status_reason = step.reason
         for name, value in (step.changes or {}).items():
@@ -1152,7 +1172,16 @@ def prescription_claim(
             after={"pharmacy": pharmacy.code},
             meta=meta,
         )
-        raise DomainError("too_many_attempts")
+        # CONTRACT 5: the rate limit answers as a wrong code does (403 ``bad_access_code``),
+        # whatever code was sent, so that a guesser learns nothing; the detail and
+        # ``retry_after`` (at most the window) tell an honest pharmacy what happened.
+        window = settings.ACCESS_CODE_WINDOW_SECONDS
+        raise DomainError(
+            "bad_access_code",
+            "Too many wrong access codes for this prescription or from this pharmacy: "
+            f"no code is accepted for up to {window} seconds.",
+            extra={"rate_limited": True, "retry_after": window},
+        )
     stored = _CLAIM_CHECK.first(id=prescription_id)
     if stored is None or not _codes_equal(access_code.strip(), stored.access_code):
         raise _bad_access_code(staff, prescription_id, meta)
@@ -1162,35 +1191,64 @@ def prescription_claim(
         raise DomainError("already_claimed")
     with transaction.atomic():
         prescription = _locked(prescription_id)
-        if prescription.status == S.CLAIMED and prescription.claimed_by_id == pharmacy.pk:
-            prescription.claim_touched_at = timezone.now()
-            prescription.save(update_fields=["claim_touched_at", "updated_at"])
-            return Claim(prescription, prescription.claim_secret)
-        if prescription.status == S.CLAIMED:
-            raise DomainError("already_claimed")
-        if prescription.status == S.ACTIVE and (
-            prescription.valid_until is None or prescription.valid_until <= timezone.now()
-        ):
-            raise DomainError("prescription_expired")
-        if prescription.status == S.ACTIVE:
-            _verified(_current_version(prescription), require_review=True)
-        secret = secrets.token_urlsafe(32)
         now = timezone.now()
-        _transition(
-            prescription,
-            "claim",
-            actor=user,
-            pharmacy=pharmacy,
-            meta=meta,
-            changes={
-                "claimed_by": pharmacy,
-                "claim_secret": secret,
-                "claimed_at": now,
-                "claim_touched_at": now,
-            },
-        )
+        lapsed = _claim_lapsed(prescription, now)
+        if lapsed:
+            # A claim kept past the prescription's validity and idle since: it ends
+            # here as the periodic job would end it, and the prescription expires.
+            _release(prescription, actor=None, pharmacy=None, reason=_IDLE_CLAIM, meta=meta)
+        elif prescription.status == S.CLAIMED and prescription.claimed_by_id == pharmacy.pk:
+            if _keeps_claim(prescription, now):
+                prescription.claim_touched_at = now
+                prescription.save(update_fields=["claim_touched_at", "updated_at"])
+            return Claim(prescription, prescription.claim_secret)
+        else:
+            secret = _claim(prescription, user=user, pharmacy=pharmacy, now=now, meta=meta)
+    if lapsed:
+        raise _lapsed_error()
     lines_read(prescription)  # the response's lines
     return Claim(prescription, secret)
+
+
+def _claim(
+    prescription: Prescription,
+    *,
+    user: User,
+    pharmacy: Pharmacy,
+    now: dt.datetime,
+    meta: RequestMeta | None,
+) -> str:
+    if prescription.status == S.CLAIMED:
+        raise DomainError("already_claimed")
+    if prescription.status == S.ACTIVE and (
+        prescription.valid_until is None or prescription.valid_until <= now
+    ):
+        raise DomainError("prescription_expired")
+    if prescription.status == S.ACTIVE:
+        _verified(_current_version(prescription), require_review=True)
+    secret = secrets.token_urlsafe(32)
+    _transition(
+        prescription,
+        "claim",
+        actor=user,
+        pharmacy=pharmacy,
+        meta=meta,
+        changes={
+            "claimed_by": pharmacy,
+            "claim_secret": secret,
+            "claimed_at": now,
+            "claim_touched_at": now,
+        },
+    )
+    return secret
+
+
+def _lapsed_error() -> DomainError:
+    return DomainError(
+        "prescription_expired",
+        "The prescription's validity ended while this pharmacy held it, and the claim "
+        "lapsed after the idle time: the prescription has expired.",
+    )
 
 
 def _claimed(
@@ -1201,7 +1259,11 @@ def _claimed(
     if prescription.claimed_by_id != pharmacy.pk:
         if prescription.status in (S.CANCELLED, S.EXPIRED):
             raise _state_error(prescription, action)
-        raise DomainError("not_claimant")
+        # CONTRACT 5: a secret that is not this pharmacy's current claim (never claimed,
+        # released, idle-released, or another pharmacy's) is a bad claim secret.
+        raise DomainError(
+            "bad_claim_secret", "This pharmacy does not hold a claim on the prescription."
+        )
     if not _codes_equal(claim_secret.strip(), prescription.claim_secret):
         raise DomainError("bad_claim_secret")
 
@@ -1218,9 +1280,34 @@ def prescription_for_pharmacy(
     )
     if prescription is None or prescription.claimed_by_id != staff.pharmacy_id:
         raise DomainError("not_claimant", "Claim the prescription with its access code first.")
-    if touch and prescription.status == S.CLAIMED:
-        Prescription.objects.filter(pk=prescription.pk).update(claim_touched_at=timezone.now())
+    now = timezone.now()
+    if touch and prescription.status == S.CLAIMED and _keeps_claim(prescription, now):
+        Prescription.objects.filter(pk=prescription.pk).update(claim_touched_at=now)
     return prescription
+
+
+def _keeps_claim(prescription: Prescription, now: dt.datetime) -> bool:
+    """The pharmacy's activity keeps its claim alive only while the prescription is
+    valid. Past its validity the claim has what was left of its idle time and no more:
+    a claim made at 23:59 can be dispensed at 00:05, not next week after a pharmacy kept
+    it by polling (DOMAIN rule 9)."""
+    return prescription.valid_until is not None and now < prescription.valid_until
+
+
+def _claim_lapsed(prescription: Prescription, now: dt.datetime) -> bool:
+    """Past its validity and idle for the configured time: the claim is over, and the
+    prescription expires rather than going back to active (``_release``)."""
+    idle = dt.timedelta(minutes=settings.PRESCRIPTION_CLAIM_IDLE_MINUTES)
+    return (
+        prescription.status == S.CLAIMED
+        and not _keeps_claim(prescription, now)
+        and prescription.claim_touched_at is not None
+        and prescription.claim_touched_at <= now - idle
+    )
+
+
+#: The reason an idle claim ends with (by the periodic job, or by the request that finds it).
+_IDLE_CLAIM = "claim idle for too long"
 
 
 def _end_claim() -> dict[str, Any]:
@@ -1277,6 +1364,10 @@ def _release(
             reason=prescription.cancel_requested_reason or "cancelled while claimed",
             meta=meta,
         )
+    elif prescription.valid_until is None or prescription.valid_until <= timezone.now():
+        # Given back after its validity ended: unclaimed past its validity, so expired
+        # now rather than active until the periodic job comes.
+        _transition(prescription, "expire", actor=None, reason="validity ended unclaimed")
 
 
 def claims_release_idle(*, now: dt.datetime | None = None, limit: int = 500) -> int:
@@ -1296,13 +1387,7 @@ def claims_release_idle(*, now: dt.datetime | None = None, limit: int = 500) -> 
                 prescription.claim_touched_at is not None and prescription.claim_touched_at > cutoff
             ):
                 continue
-            _release(
-                prescription,
-                actor=None,
-                pharmacy=None,
-                reason="claim idle for too long",
-                meta=None,
-            )
+            _release(prescription, actor=None, pharmacy=None, reason=_IDLE_CLAIM, meta=None)
             released += 1
     return released
 
@@ -1344,84 +1429,111 @@ def prescription_dispense(
             raise DomainError("cancel_pending")
         if prescription.status != S.CLAIMED:
             raise _state_error(prescription, "dispense")
-        prescription.claimed_by = staff.pharmacy  # checked just above: the same row
-        # the ledger's, the receipt's and the answer's lines
-        lines = {line.position: line for line in lines_read(prescription)}
-        wanted: dict[int, int] = {}
-        errors: dict[str, list[str]] = {}
-        for n, item in enumerate(items):
-            if item.line not in lines:
-                errors[f"items.{n}.line"] = ["Not a line of this prescription."]
-            elif item.quantity <= 0:
-                errors[f"items.{n}.quantity"] = ["Must be positive."]
-            elif not item.batch_number.strip():
-                errors[f"items.{n}.batch_number"] = ["Required."]
-            else:
-                wanted[item.line] = wanted.get(item.line, 0) + item.quantity
-        for position, quantity in wanted.items():
-            line = lines[position]
-            if line.dispensed_quantity + quantity > line.quantity:
-                errors[f"line.{position}"] = [
-                    f"{quantity} {line.unit} asked, {line.quantity} prescribed."
-                ]
-        if errors:
-            raise DomainError(
-                "dispense_mismatch", "The dispense does not match the prescription.", errors=errors
-            )
-        now = timezone.now()
-        DispenseEntry.objects.bulk_create(
-            DispenseEntry(
-                line=lines[item.line],
-                pharmacy=staff.pharmacy,
+        lapsed = _claim_lapsed(prescription, timezone.now())
+        if lapsed:  # ended here as the periodic job would end it; refused below
+            _release(prescription, actor=None, pharmacy=None, reason=_IDLE_CLAIM, meta=meta)
+        else:
+            _dispense(
+                prescription,
                 staff=staff,
-                quantity=item.quantity,
-                batch_number=item.batch_number.strip(),
-                pharmacist_name=pharmacist_name.strip(),
-                pharmacist_licence=pharmacist_licence.strip(),
-                created_at=now,
+                items=items,
+                pharmacist_name=pharmacist_name,
+                pharmacist_licence=pharmacist_licence,
+                user=user,
+                meta=meta,
             )
-            for item in items
-        )
-        for position, quantity in wanted.items():
-            PrescriptionLine.objects.filter(pk=lines[position].pk).update(
-                dispensed_quantity=F("dispensed_quantity") + quantity
-            )
-            lines[position].dispensed_quantity += quantity  # as stored: the row is locked
-        version = _current_version(prescription)
-        content = receipt(
-            version=version,
-            pharmacy_code=staff.pharmacy.code,
-            dispensed_at=now,
-            lines=[
-                {
-                    "position": position,
-                    "drug_code": lines[position].drug_code,
-                    "quantity": quantity,
-                    "batches": sorted(
-                        {i.batch_number.strip() for i in items if i.line == position}
-                    ),
-                }
-                for position, quantity in sorted(wanted.items())
-            ],
-        )
-        seal = seal_sign(hospital=prescription.hospital, data=canonical(content))
-        _transition(
-            prescription,
-            "dispense",
-            actor=user,
-            pharmacy=staff.pharmacy,
-            meta=meta,
-            changes={
-                "dispensed_at": now,
-                "dispensed_by": staff.pharmacy,
-                "receipt": sealed_receipt(content, seal),
-            },
-            data={
-                "pharmacist": pharmacist_name.strip(),
-                "lines": {str(k): v for k, v in wanted.items()},
-            },
-        )
+    if lapsed:
+        raise _lapsed_error()
     return prescription
+
+
+def _dispense(
+    prescription: Prescription,
+    *,
+    staff: PharmacyStaff,
+    items: list[DispenseItem],
+    pharmacist_name: str,
+    pharmacist_licence: str,
+    user: User,
+    meta: RequestMeta | None,
+) -> None:
+    """The ledger, the sealed receipt and the move to dispensed, on a claim the caller
+    checked with the row locked."""
+    prescription.claimed_by = staff.pharmacy  # the claimant (``_claimed``): the same row
+    # the ledger's, the receipt's and the answer's lines
+    lines = {line.position: line for line in lines_read(prescription)}
+    wanted: dict[int, int] = {}
+    errors: dict[str, list[str]] = {}
+    for n, item in enumerate(items):
+        if item.line not in lines:
+            errors[f"items.{n}.line"] = ["Not a line of this prescription."]
+        elif item.quantity <= 0:
+            errors[f"items.{n}.quantity"] = ["Must be positive."]
+        elif not item.batch_number.strip():
+            errors[f"items.{n}.batch_number"] = ["Required."]
+        else:
+            wanted[item.line] = wanted.get(item.line, 0) + item.quantity
+    for position, quantity in wanted.items():
+        line = lines[position]
+        if line.dispensed_quantity + quantity > line.quantity:
+            errors[f"line.{position}"] = [
+                f"{quantity} {line.unit} asked, {line.quantity} prescribed."
+            ]
+    if errors:
+        raise DomainError(
+            "dispense_mismatch", "The dispense does not match the prescription.", errors=errors
+        )
+    now = timezone.now()
+    DispenseEntry.objects.bulk_create(
+        DispenseEntry(
+            line=lines[item.line],
+            pharmacy=staff.pharmacy,
+            staff=staff,
+            quantity=item.quantity,
+            batch_number=item.batch_number.strip(),
+            pharmacist_name=pharmacist_name.strip(),
+            pharmacist_licence=pharmacist_licence.strip(),
+            created_at=now,
+        )
+        for item in items
+    )
+    for position, quantity in wanted.items():
+        PrescriptionLine.objects.filter(pk=lines[position].pk).update(
+            dispensed_quantity=F("dispensed_quantity") + quantity
+        )
+        lines[position].dispensed_quantity += quantity  # as stored: the row is locked
+    version = _current_version(prescription)
+    content = receipt(
+        version=version,
+        pharmacy_code=staff.pharmacy.code,
+        dispensed_at=now,
+        lines=[
+            {
+                "position": position,
+                "drug_code": lines[position].drug_code,
+                "quantity": quantity,
+                "batches": sorted({i.batch_number.strip() for i in items if i.line == position}),
+            }
+            for position, quantity in sorted(wanted.items())
+        ],
+    )
+    seal = seal_sign(hospital=prescription.hospital, data=canonical(content))
+    _transition(
+        prescription,
+        "dispense",
+        actor=user,
+        pharmacy=staff.pharmacy,
+        meta=meta,
+        changes={
+            "dispensed_at": now,
+            "dispensed_by": staff.pharmacy,
+            "receipt": sealed_receipt(content, seal),
+        },
+        data={
+            "pharmacist": pharmacist_name.strip(),
+            "lines": {str(k): v for k, v in wanted.items()},
+        },
+    )
 
 
 def prescription_ship(

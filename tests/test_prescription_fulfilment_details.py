@@ -34,7 +34,7 @@ from prescriptions.models import (
 from regulators.models import OutboxRecord
 from tests.consult_http_helpers import MOBILE, assert_problem, audit_count
 from tests.factories import PharmacyFactory
-from tests.rx_helpers import RxScene, line, status_of
+from tests.rx_helpers import PHARMACY, RxScene, line, pharmacy_staff, status_of
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("icd10")]
 
@@ -156,7 +156,7 @@ def test_before_approval_there_is_no_qr_code_to_show(department) -> None:
         refused = scene.patient_api.get(f"{MOBILE}/prescriptions/{prescription_id}/qr.{kind}")
         body = assert_problem(refused, 409, "not_reviewed")
         assert body["detail"] == (
-            "The code is shown while the prescription is approved and not yet claimed."
+            "The code is shown while the prescription is approved, not yet claimed and valid."
         )
     assert audit_count("prescription.qr_viewed", prescription_id) == 0
 
@@ -285,6 +285,77 @@ def test_once_a_pharmacy_claimed_it_the_choice_is_final(department) -> None:
     assert detail["fulfilment"] == {"method": "delivery", "pharmacy": None}
     assert detail["delivery_address"] == HOME
     assert audit_count("prescription.fulfilment", prescription_id) == 1
+
+
+def _delivery_update(
+    scene: RxScene, prescription_id: str, step: str, secret: str, api: Any = None
+) -> Any:
+    body: dict[str, Any] = {"claim_secret": secret}
+    if step == "ship":
+        body.update(courier="SF", tracking_number="SF1234567890")
+    return (api or scene.pharmacy_api).post(
+        f"{PHARMACY}/prescriptions/{prescription_id}/{step}", body, format="json"
+    )
+
+
+def test_delivery_updates_come_after_the_dispense_from_the_claimant_in_order(department) -> None:
+    scene = RxScene(department)
+    # Picked up at the counter: there is nothing to ship.
+    pickup_id = scene.active()
+    _ok(_choose(scene, pickup_id, {"method": "pickup", "pharmacy": str(scene.pharmacy.pk)}))
+    _, pickup_secret = scene.claimed(pickup_id)
+    _ok(scene.dispense(pickup_id, pickup_secret))
+    refused = _delivery_update(scene, pickup_id, "ship", pickup_secret)
+    assert assert_problem(refused, 409, "prescription_state_conflict")["detail"] == (
+        "The patient chose pick-up, not delivery."
+    )
+    assert status_of(pickup_id) == "dispensed"
+
+    prescription_id = scene.active()
+    _ok(_choose(scene, prescription_id, {"method": "delivery", "address": HOME}))
+    _, secret = scene.claimed(prescription_id)
+    # Not shipped before it is dispensed, not delivered before it is shipped.
+    for step in ("ship", "deliver"):
+        early = assert_problem(
+            _delivery_update(scene, prescription_id, step, secret),
+            409,
+            "prescription_state_conflict",
+        )
+        assert early["prescription_status"] == "claimed"
+    _ok(scene.dispense(prescription_id, secret))
+    early = _delivery_update(scene, prescription_id, "deliver", secret)
+    assert assert_problem(early, 409, "prescription_state_conflict")["prescription_status"] == (
+        "dispensed"
+    )
+
+    # Only the claimant, with the claim's secret.
+    _, rival = pharmacy_staff()
+    for step in ("ship", "deliver"):
+        wrong = _delivery_update(scene, prescription_id, step, "not-the-secret")
+        assert_problem(wrong, 403, "bad_claim_secret")
+        assert_problem(
+            _delivery_update(scene, prescription_id, step, pickup_secret), 403, "bad_claim_secret"
+        )
+        assert_problem(
+            _delivery_update(scene, prescription_id, step, secret, rival), 403, "bad_claim_secret"
+        )
+    assert status_of(prescription_id) == "dispensed"
+
+    assert _ok(_delivery_update(scene, prescription_id, "ship", secret))["status"] == "shipped"
+    again = _delivery_update(scene, prescription_id, "ship", secret)
+    assert assert_problem(again, 409, "prescription_state_conflict")["prescription_status"] == (
+        "shipped"
+    )
+    assert _ok(_delivery_update(scene, prescription_id, "deliver", secret))["status"] == (
+        "delivered"
+    )
+    actions = list(
+        PrescriptionEvent.objects.filter(prescription_id=prescription_id)
+        .order_by("created_at", "id")
+        .values_list("action", flat=True)
+    )
+    assert actions[-3:] == ["dispense", "ship", "deliver"]
+    assert actions.count("ship") == actions.count("deliver") == 1
 
 
 # --- 3. The dispensing pharmacist -------------------------------------------------------------

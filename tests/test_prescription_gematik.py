@@ -278,8 +278,9 @@ def test_an_old_claim_secret_is_useless_after_release(scene: RxScene) -> None:
     _ok(release(scene.pharmacy_api, prescription_id, old))
     assert status_of(prescription_id) == "active"
 
-    # Nothing is claimed now: the old secret names no claim.
-    assert_problem(scene.dispense(prescription_id, old), 403, "not_claimant")
+    # Nothing is claimed now: the old secret names no claim (CONTRACT 5: 403
+    # bad_claim_secret, whatever the reason the secret is not the current claim's).
+    assert_problem(scene.dispense(prescription_id, old), 403, "bad_claim_secret")
 
     new = _ok(claim(scene.pharmacy_api, prescription_id, code_of(prescription_id)))["claim_secret"]
     assert new != old
@@ -407,8 +408,11 @@ def test_the_dispense_must_come_from_the_claimant_with_this_prescriptions_secret
     assert_problem(scene.dispense(prescription_id, other_secret), 403, "bad_claim_secret")
     # Another pharmacy, even with the right secret, is not the claimant.
     _, rival = pharmacy_staff()
-    assert_problem(scene.dispense(prescription_id, secret, api=rival), 403, "not_claimant")
-    assert_problem(release(rival, prescription_id, secret), 403, "not_claimant")
+    refused = assert_problem(
+        scene.dispense(prescription_id, secret, api=rival), 403, "bad_claim_secret"
+    )
+    assert refused["detail"] == "This pharmacy does not hold a claim on the prescription."
+    assert_problem(release(rival, prescription_id, secret), 403, "bad_claim_secret")
 
     for pid in (prescription_id, other_id):
         assert status_of(pid) == "claimed"
@@ -475,7 +479,7 @@ def test_wrong_access_codes_are_rate_limited_per_prescription_and_audited(
 
     for n in range(1, limit + 1):
         wrong = claim(scene.pharmacy_api, prescription_id, f"guess-{n}")
-        assert_problem(wrong, 403, "bad_access_code")
+        assert "rate_limited" not in assert_problem(wrong, 403, "bad_access_code")
         assert audit_count("prescription.bad_access_code", prescription_id) == n
     assert access_failures(prescription_id) == limit
     trace = AuditEvent.objects.filter(
@@ -485,9 +489,16 @@ def test_wrong_access_codes_are_rate_limited_per_prescription_and_audited(
     assert trace.ip == "127.0.0.1"
     assert trace.after == {"pharmacy": scene.pharmacy.code}
 
-    assert_problem(claim(scene.pharmacy_api, prescription_id, code), 429, "too_many_attempts")
+    # Locked: the right code is refused as a wrong one is (CONTRACT 5), and says why.
+    locked = claim(scene.pharmacy_api, prescription_id, code)
+    body = assert_problem(locked, 403, "bad_access_code")
+    assert body["rate_limited"] is True
+    assert body["retry_after"] == settings.ACCESS_CODE_WINDOW_SECONDS
+    assert locked["Retry-After"] == str(settings.ACCESS_CODE_WINDOW_SECONDS)
     _, rival = pharmacy_staff()
-    assert_problem(claim(rival, prescription_id, code), 429, "too_many_attempts")
+    assert assert_problem(claim(rival, prescription_id, code), 403, "bad_access_code")[
+        "rate_limited"
+    ]
     assert audit_count("prescription.access_code_rate_limited", prescription_id) == 2
     assert audit_count("prescription.bad_access_code", prescription_id) == limit
     assert status_of(prescription_id) == "active"
@@ -506,11 +517,12 @@ def test_wrong_access_codes_are_rate_limited_per_pharmacy(scene: RxScene) -> Non
         )
 
     # The right code of a prescription never guessed at: this pharmacy is locked out...
-    assert_problem(
+    locked = assert_problem(
         claim(scene.pharmacy_api, prescription_id, code_of(prescription_id)),
-        429,
-        "too_many_attempts",
+        403,
+        "bad_access_code",
     )
+    assert locked["rate_limited"] is True
     assert access_failures(prescription_id) == 0
     # ...another pharmacy is not.
     _, other = pharmacy_staff()
@@ -615,7 +627,7 @@ def test_an_idle_claim_is_released(scene: RxScene, clock: time_machine.Traveller
         "claim idle for too long",
     )
 
-    assert_problem(scene.dispense(prescription_id, old), 403, "not_claimant")
+    assert_problem(scene.dispense(prescription_id, old), 403, "bad_claim_secret")
     new = _ok(claim(scene.pharmacy_api, prescription_id, code_of(prescription_id)))["claim_secret"]
     assert new != old
     assert_problem(scene.dispense(prescription_id, old), 403, "bad_claim_secret")
@@ -630,6 +642,130 @@ def test_an_idle_claim_with_a_pending_cancel_ends_cancelled(
     assert claims_release_idle() == 1
     assert status_of(prescription_id) == "cancelled"
     assert actions_of(prescription_id)[-3:] == ["cancel_requested", "release", "cancel"]
+
+
+# --- A claim past the prescription's validity (DOMAIN rule 9) -------------------------------------
+
+
+def test_a_claim_made_before_midnight_is_dispensed_just_after(
+    scene: RxScene, clock: time_machine.Traveller
+) -> None:
+    prescription_id = scene.active()
+    clock.move_to(shanghai(2026, 11, 23, 23, 59, 0))
+    _, secret = scene.claimed(prescription_id)
+
+    clock.move_to(shanghai(2026, 11, 24, 0, 5, 0))
+    assert _run_task(EXPIRE_TASK) == 0  # a pharmacy holds it
+    assert _run_task(RELEASE_TASK) == 0
+    assert _ok(scene.dispense(prescription_id, secret))["status"] == "dispensed"
+    assert dispense_entries(prescription_id) == 1
+
+
+def test_past_its_validity_a_claim_is_not_kept_alive_by_the_pharmacy_reading_it(
+    scene: RxScene, clock: time_machine.Traveller
+) -> None:
+    idle = dt.timedelta(minutes=settings.PRESCRIPTION_CLAIM_IDLE_MINUTES)
+    prescription_id = scene.active()
+    code = code_of(prescription_id)
+    clock.move_to(shanghai(2026, 11, 23, 23, 0))
+    _, secret = scene.claimed(prescription_id)
+    clock.move_to(shanghai(2026, 11, 23, 23, 30))
+    _ok(pharmacy_view(scene.pharmacy_api, prescription_id))  # valid still: activity counts
+    last_activity = shanghai(2026, 11, 23, 23, 30)
+
+    # After midnight the reads, and claiming again, are answered but keep nothing alive.
+    clock.move_to(shanghai(2026, 11, 24, 0, 30))
+    _ok(pharmacy_view(scene.pharmacy_api, prescription_id))
+    _ok(pharmacy_bundle(scene.pharmacy_api, prescription_id))
+    assert _ok(claim(scene.pharmacy_api, prescription_id, code))["claim_secret"] == secret
+    clock.move_to(last_activity + idle - dt.timedelta(seconds=1))
+    _ok(pharmacy_view(scene.pharmacy_api, prescription_id))
+    assert _run_task(RELEASE_TASK) == 0
+    assert status_of(prescription_id) == "claimed"
+
+    # Idle for the configured time since the last activity inside the validity: the claim
+    # has lapsed, the dispense is refused, and the prescription expires (not active again).
+    clock.move_to(last_activity + idle)
+    refused = assert_problem(scene.dispense(prescription_id, secret), 410, "prescription_expired")
+    assert "claim lapsed" in refused["detail"]
+    assert status_of(prescription_id) == "expired"
+    assert dispense_entries(prescription_id) == 0
+    assert actions_of(prescription_id)[-3:] == ["claim", "release", "expire"]
+    release_event = PrescriptionEvent.objects.get(prescription_id=prescription_id, action="release")
+    assert (release_event.actor_id, release_event.reason, release_event.pharmacy_id) == (
+        None,
+        "claim idle for too long",
+        scene.pharmacy.pk,
+    )
+    assert audit_count("prescription.expire", prescription_id) == 1
+    # The patient's app says so; the code is no use to any pharmacy.
+    detail = _ok(scene.patient_api.get(f"{MOBILE}/prescriptions/{prescription_id}"))
+    assert (detail["status"], detail["access_code"], detail["qr"]) == ("expired", None, None)
+    _, rival = pharmacy_staff()
+    assert_problem(claim(rival, prescription_id, code), 410, "prescription_expired")
+
+
+def test_claiming_again_a_lapsed_claim_ends_it_expired(
+    scene: RxScene, clock: time_machine.Traveller
+) -> None:
+    prescription_id, _ = scene.claimed()  # at 09:00; the validity ends at midnight
+    clock.move_to(shanghai(2026, 11, 24, 0, 1))
+    refused = claim(scene.pharmacy_api, prescription_id, code_of(prescription_id))
+    assert_problem(refused, 410, "prescription_expired")
+    assert status_of(prescription_id) == "expired"
+    assert actions_of(prescription_id)[-2:] == ["release", "expire"]
+
+
+def test_the_idle_job_ends_a_lapsed_claim_with_the_prescription_expired(
+    scene: RxScene, clock: time_machine.Traveller
+) -> None:
+    lapsed, _ = scene.claimed()
+    held = scene.active()
+    clock.move_to(shanghai(2026, 11, 23, 23, 0))
+    scene.claimed(held)  # touched at 23:00: idle until 01:00
+
+    clock.move_to(shanghai(2026, 11, 24, 0, 30))
+    assert _run_task(RELEASE_TASK) == 1
+    assert status_of(lapsed) == "expired"
+    assert actions_of(lapsed)[-2:] == ["release", "expire"]
+    assert status_of(held) == "claimed"
+
+    clock.move_to(shanghai(2026, 11, 24, 1, 0))
+    assert _run_task(RELEASE_TASK) == 1
+    assert status_of(held) == "expired"
+
+
+def test_a_claim_given_back_after_midnight_leaves_the_prescription_expired(
+    scene: RxScene, clock: time_machine.Traveller
+) -> None:
+    prescription_id = scene.active()
+    clock.move_to(shanghai(2026, 11, 23, 23, 59))
+    _, secret = scene.claimed(prescription_id)
+
+    clock.move_to(shanghai(2026, 11, 24, 0, 10))
+    assert _ok(release(scene.pharmacy_api, prescription_id, secret, "缺货"))["status"] == "expired"
+    assert actions_of(prescription_id)[-2:] == ["release", "expire"]
+    _, rival = pharmacy_staff()
+    assert_problem(
+        claim(rival, prescription_id, code_of(prescription_id)), 410, "prescription_expired"
+    )
+
+
+def test_the_patient_is_not_shown_the_code_once_validity_ended_before_the_job_runs(
+    scene: RxScene, clock: time_machine.Traveller
+) -> None:
+    prescription_id = scene.active()
+    url = f"{MOBILE}/prescriptions/{prescription_id}"
+    clock.move_to(shanghai(2026, 11, 23, 23, 59, 59))
+    assert _ok(scene.patient_api.get(url))["access_code"] == code_of(prescription_id)
+    assert scene.patient_api.get(f"{url}/qr.svg").status_code == 200
+
+    clock.move_to(shanghai(2026, 11, 24, 0, 0, 0))
+    assert status_of(prescription_id) == "active"  # the periodic job has not run yet
+    detail = _ok(scene.patient_api.get(url))
+    assert (detail["access_code"], detail["qr"]) == (None, None)
+    assert_problem(scene.patient_api.get(f"{url}/qr.png"), 410, "prescription_expired")
+    assert_problem(scene.patient_api.get(f"{url}/qr.svg"), 410, "prescription_expired")
 
 
 # --- Idempotency-Key: a lost response retried -----------------------------------------------------

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import time_machine
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
+from backend.api.problems import DomainError
 from backend.patients.models import PatientProfile
 from backend.pki.services import certificate_issue
 from consultations.models import Consultation
@@ -25,6 +27,7 @@ from prescriptions.models import (
     PrescriptionLine,
     PrescriptionVersion,
 )
+from prescriptions.services import _transition
 from prescriptions.verify import verify_bundle
 from tests.consult_helpers import client_for
 from tests.consult_http_helpers import CONSOLE, assert_problem, audit_count
@@ -610,6 +613,58 @@ def test_a_pharmacy_cannot_claim_before_the_pharmacist_approved(department) -> N
         assert count_events(prescription_id, "claim") == 0
         assert access_failures(prescription_id) == 0  # the code was right
         assert Prescription.objects.get(pk=prescription_id).claimed_by_id is None
+
+
+# --- The catalogue: only an available drug ------------------------------------------------------
+
+
+def test_a_line_must_name_an_available_drug_of_the_catalogue(department) -> None:
+    scene = RxScene(department)
+    before = Prescription.objects.count()
+
+    unknown = assert_problem(scene.draft(lines=[line("NO-SUCH-DRUG")]), 422, "unknown_drug")
+    assert unknown["errors"] == {
+        "lines.0.drug": ["Not an available drug of the catalogue (id or code)."]
+    }
+    Drug.objects.filter(code="DEMO-0001").update(is_active=False)  # withdrawn
+    assert_problem(scene.draft(lines=[line("DEMO-0001")]), 422, "unknown_drug")
+    Drug.objects.filter(code="DEMO-0001").update(is_active=True)
+    # Beside an available one, the unknown line is named.
+    mixed = scene.draft(lines=[line("DEMO-0001"), line("NO-SUCH-DRUG")])
+    assert set(assert_problem(mixed, 422, "unknown_drug")["errors"]) == {"lines.1.drug"}
+    assert Prescription.objects.count() == before
+    assert _draft_id(scene.draft(lines=[line("DEMO-0001")]))
+
+
+# --- The transition table says who may make each move --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "who"),
+    [("approve", "doctor"), ("sign", "pharmacist"), ("claim", "patient"), ("expire", "doctor")],
+)
+def test_the_transition_table_refuses_a_move_by_the_wrong_kind_of_account(
+    department: Any, action: str, who: str
+) -> None:
+    """The services check roles before they get there; the table, where every move is
+    checked, holds the same line (a future path that forgets its role check is refused)."""
+    scene = RxScene(department)
+    prescription_id = scene.signed() if action != "claim" else scene.active()
+    if action == "sign":
+        prescription_id = _draft_id(scene.draft())
+    accounts = {
+        "doctor": scene.doctor.user,
+        "pharmacist": scene.pharmacist.user,
+        "patient": scene.profile.account,
+    }
+    before = actions_of(prescription_id)
+    with transaction.atomic():
+        prescription = Prescription.objects.select_for_update().get(pk=prescription_id)
+        with pytest.raises(DomainError) as refused:
+            _transition(prescription, action, actor=accounts[who])
+    assert refused.value.code == "permission_denied"
+    assert refused.value.detail == f"A {who} account cannot {action} a prescription."
+    assert actions_of(prescription_id) == before
 
 
 # --- Drafts are edited, signed versions are not ---------------------------------------------------

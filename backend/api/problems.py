@@ -220,7 +220,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     if body["status"] == 401 and "WWW-Authenticate" not in headers:
         headers["WWW-Authenticate"] = 'Bearer realm="api"'
     retry_after = body.get("retry_after")
-    if body["status"] == 429 and "Retry-After" not in headers and retry_after is not None:
+    if "Retry-After" not in headers and retry_after is not None:  # 429, or a 403 lockout
         headers["Retry-After"] = str(retry_after)
     return ProblemResponse(body, status=body["status"], headers=headers)
 
