@@ -19,7 +19,7 @@ from backend.api.views import ApiView
 from backend.identity.authentication import request_account
 from backend.identity.models import Role
 from prescriptions.fhir import prescription_fhir_bundle
-from prescriptions.pharmacy_api import IsPharmacyStaff
+from prescriptions.pharmacy_api import READ_ERRORS, PharmacyApiView
 from prescriptions.selectors import prescription_visible_to
 from prescriptions.services import prescription_for_pharmacy
 
@@ -53,7 +53,9 @@ class IsPatient(_HasRole):
     roles = frozenset({Role.PATIENT})
 
 
-def _schema(operation_id: str, audience: str) -> Callable[[_View], _View]:
+def _schema(
+    operation_id: str, audience: str, errors: dict[Any, OpenApiResponse] | None = None
+) -> Callable[[_View], _View]:
     return extend_schema(
         operation_id=operation_id,
         description=(
@@ -65,8 +67,13 @@ def _schema(operation_id: str, audience: str) -> Callable[[_View], _View]:
             "signatures with the signed bundle (`…/bundle`)."
         ),
         responses={
-            (200, media_type): OpenApiResponse(OpenApiTypes.OBJECT, description="FHIR R4 Bundle")
-            for media_type in (FHIR_JSON, "application/json")
+            **{
+                (200, media_type): OpenApiResponse(
+                    OpenApiTypes.OBJECT, description="FHIR R4 Bundle"
+                )
+                for media_type in (FHIR_JSON, "application/json")
+            },
+            **(errors or {}),
         },
     )
 
@@ -83,11 +90,10 @@ class ConsoleFhirApi(ApiView):
         return Response(prescription_fhir_bundle(prescription=prescription))
 
 
-class PharmacyFhirApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
+class PharmacyFhirApi(PharmacyApiView):
     renderer_classes = [FhirJsonRenderer, JSONRenderer]
 
-    @_schema("pharmacy_prescriptions_fhir", "the pharmacy that claimed it")
+    @_schema("pharmacy_prescriptions_fhir", "the pharmacy that claimed it", READ_ERRORS)
     def get(self, request: Request, prescription_id: UUID) -> Response:
         prescription = prescription_for_pharmacy(
             user=request_account(request), prescription_id=prescription_id

@@ -13,10 +13,12 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from backend.api.schema import problem_responses
 from backend.api.views import ApiView
 from backend.audit.services import RequestMeta
-from backend.identity.authentication import request_account
+from backend.identity.authentication import ApiTokenAuthentication, request_account
 from backend.identity.models import Role
+from prescriptions import problems as _registered  # noqa: F401  (the codes documented below)
 from prescriptions.models import Prescription
 from prescriptions.selectors import prescription_bundle_of
 from prescriptions.serializers import (
@@ -52,6 +54,51 @@ class IsPharmacyStaff(BasePermission):
         )
 
 
+class PharmacyApiView(ApiView):
+    """A pharmacy system's call: an API token of a pharmacy staff account, nothing else
+    (no patient JWT, no console session)."""
+
+    authentication_classes = [ApiTokenAuthentication]
+    permission_classes = [IsPharmacyStaff]
+
+
+#: Every call: the token, and the account behind it.
+_AUTH = ("not_authenticated", "authentication_failed", "token_expired", "token_revoked")
+_STAFF = ("permission_denied",)
+#: Every mutation: the body, and the Idempotency-Key.
+_MUTATION = (
+    "validation_error",
+    "parse_error",
+    "idempotency_key_invalid",
+    "idempotency_key_in_progress",
+    "idempotency_key_reused",
+)
+#: Acting on a claim (CONTRACT 5): the claim secret, and a prescription that moved on.
+_ON_CLAIM = (
+    "bad_claim_secret",
+    "prescription_state_conflict",
+    "prescription_expired",
+    "prescription_cancelled",
+)
+CLAIM_ERRORS = problem_responses(
+    *_AUTH,
+    *_STAFF,
+    *_MUTATION,
+    "bad_access_code",
+    "already_claimed",
+    "not_reviewed",
+    "prescription_state_conflict",
+    "bundle_invalid",
+    "prescription_expired",
+    "prescription_cancelled",
+)
+READ_ERRORS = problem_responses(*_AUTH, *_STAFF, "not_claimant")
+DISPENSE_ERRORS = problem_responses(
+    *_AUTH, *_STAFF, *_MUTATION, *_ON_CLAIM, "cancel_pending", "dispense_mismatch"
+)
+CLAIM_ACTION_ERRORS = problem_responses(*_AUTH, *_STAFF, *_MUTATION, *_ON_CLAIM)
+
+
 def _for_pharmacy(
     request: Request, prescription_id: UUID | str, *, acted_on: Prescription | None = None
 ) -> dict[str, Any]:
@@ -65,13 +112,21 @@ def _for_pharmacy(
     return body
 
 
-class ClaimApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
+class ClaimApi(PharmacyApiView):
     @extend_schema(
         operation_id="pharmacy_prescriptions_claim",
+        description=(
+            "Claim with the patient's access code; the same pharmacy claiming again gets "
+            "its secret back. Wrong codes are limited per pharmacy and per prescription: "
+            "over the limit every code, right or wrong, is answered 403 `bad_access_code` "
+            "with `rate_limited: true`, `retry_after` (seconds, at most) and a "
+            "`Retry-After` header. A claim is released when idle for the configured time; "
+            "reading the prescription keeps it only while the prescription is valid, so a "
+            "claim kept past the validity lapses after the idle time and the prescription "
+            "expires (410 `prescription_expired`)."
+        ),
         request=ClaimInput,
-        responses={200: ClaimOutput},
+        responses={200: ClaimOutput, **CLAIM_ERRORS},
         examples=[
             OpenApiExample(
                 "Claim with the patient's access code",
@@ -102,21 +157,20 @@ class ClaimApi(ApiView):
         )
 
 
-class PharmacyPrescriptionApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
+class PharmacyPrescriptionApi(PharmacyApiView):
     @extend_schema(
-        operation_id="pharmacy_prescriptions_retrieve", responses={200: PrescriptionOutput}
+        operation_id="pharmacy_prescriptions_retrieve",
+        responses={200: PrescriptionOutput, **READ_ERRORS},
     )
     def get(self, request: Request, prescription_id: UUID) -> Response:
         prescription_for_pharmacy(user=request_account(request), prescription_id=prescription_id)
         return Response(_for_pharmacy(request, prescription_id))
 
 
-class PharmacyBundleApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
-    @extend_schema(operation_id="pharmacy_prescriptions_bundle", responses={200: BundleOutput})
+class PharmacyBundleApi(PharmacyApiView):
+    @extend_schema(
+        operation_id="pharmacy_prescriptions_bundle", responses={200: BundleOutput, **READ_ERRORS}
+    )
     def get(self, request: Request, prescription_id: UUID) -> Response:
         prescription = prescription_for_pharmacy(
             user=request_account(request), prescription_id=prescription_id
@@ -124,13 +178,17 @@ class PharmacyBundleApi(ApiView):
         return Response(prescription_bundle_of(prescription=prescription))
 
 
-class DispenseApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
+class DispenseApi(PharmacyApiView):
     @extend_schema(
         operation_id="pharmacy_prescriptions_dispense",
+        description=(
+            "Dispense with the per-line ledger; the answer carries the hospital-sealed "
+            "receipt. A claim made while the prescription was valid may be dispensed after "
+            "midnight until it has been idle for the configured time; after that the claim "
+            "has lapsed and the answer is 410 `prescription_expired`."
+        ),
         request=DispenseInput,
-        responses={200: PrescriptionOutput},
+        responses={200: PrescriptionOutput, **DISPENSE_ERRORS},
         examples=[
             OpenApiExample(
                 "Dispense every line",
@@ -162,13 +220,11 @@ class DispenseApi(ApiView):
         return Response(_for_pharmacy(request, prescription_id, acted_on=dispensed))
 
 
-class ReleaseApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
+class ReleaseApi(PharmacyApiView):
     @extend_schema(
         operation_id="pharmacy_prescriptions_release",
         request=ReleaseInput,
-        responses={200: PrescriptionOutput},
+        responses={200: PrescriptionOutput, **CLAIM_ACTION_ERRORS},
     )
     def post(self, request: Request, prescription_id: UUID) -> Response:
         data = ReleaseInput(data=request.data)
@@ -184,13 +240,11 @@ class ReleaseApi(ApiView):
         return Response(prescription_state(prescription))
 
 
-class ShipApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
+class ShipApi(PharmacyApiView):
     @extend_schema(
         operation_id="pharmacy_prescriptions_ship",
         request=ShipInput,
-        responses={200: PrescriptionOutput},
+        responses={200: PrescriptionOutput, **CLAIM_ACTION_ERRORS},
     )
     def post(self, request: Request, prescription_id: UUID) -> Response:
         data = ShipInput(data=request.data)
@@ -206,13 +260,11 @@ class ShipApi(ApiView):
         return Response(_for_pharmacy(request, prescription_id))
 
 
-class DeliverApi(ApiView):
-    permission_classes = [IsPharmacyStaff]
-
+class DeliverApi(PharmacyApiView):
     @extend_schema(
         operation_id="pharmacy_prescriptions_deliver",
         request=SecretInput,
-        responses={200: PrescriptionOutput},
+        responses={200: PrescriptionOutput, **CLAIM_ACTION_ERRORS},
     )
     def post(self, request: Request, prescription_id: UUID) -> Response:
         data = SecretInput(data=request.data)

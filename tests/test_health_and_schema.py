@@ -10,6 +10,8 @@ import pytest
 import yaml
 from rest_framework.test import APIClient
 
+from backend.api.problems import PROBLEMS
+
 PROBLEM = "application/problem+json"
 SIDECAR = "/static/drf_spectacular_sidecar/"
 
@@ -115,6 +117,42 @@ def test_schema_describes_the_mobile_auth_and_me_endpoints(schema: dict[str, Any
     otp = paths["/api/mobile/v1/auth/otp"]["post"]
     assert "202" in otp["responses"]
     assert "application/json" in otp["requestBody"]["content"]
+
+
+def test_schema_documents_the_pharmacy_apis_errors_and_its_one_credential(
+    schema: dict[str, Any],
+) -> None:
+    """CONTRACT 5 as an integrator reads it in the schema: each call takes the pharmacy's
+    API token only, and each error answer is a problem+json naming its stable codes."""
+    operations = {
+        (path, method): operation
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/pharmacy/v1/")
+        for method, operation in item.items()
+    }
+    assert len(operations) >= 7
+    codes: dict[str, set[str]] = {}
+    for (path, method), operation in operations.items():
+        assert operation["security"] == [{"apiToken": []}], (path, method)
+        errors = {s: r for s, r in operation["responses"].items() if s.startswith(("4", "5"))}
+        assert {"401", "403"} <= set(errors), (path, method)
+        for status, response in errors.items():
+            problem = response["content"]["application/problem+json"]["schema"]
+            assert problem == {"$ref": "#/components/schemas/Problem"}
+            named = set(re.findall(r"`([a-z_]+)`", response["description"]))
+            assert named, response["description"]
+            assert all(PROBLEMS[c][0] == int(status) for c in named), named
+            codes.setdefault(operation["operationId"], set()).update(named)
+    # The contract's codes, where an integrator looks for them.
+    assert {
+        "bad_access_code",
+        "already_claimed",
+        "not_reviewed",
+        "prescription_expired",
+        "prescription_cancelled",
+    } <= codes["pharmacy_prescriptions_claim"]
+    assert "bad_claim_secret" in codes["pharmacy_prescriptions_dispense"]
+    assert "bad_claim_secret" in codes["pharmacy_prescriptions_release"]
 
 
 def test_schema_lists_only_api_paths(schema: dict[str, Any]) -> None:

@@ -452,8 +452,13 @@ def test_who_may_read_the_export(department) -> None:
     assert_problem(
         scene.pharmacy_api.get(fhir_url(MOBILE, prescription_id)), 403, "permission_denied"
     )
+    # The pharmacy API takes an API token and nothing else: a console session is no
+    # credential there, and a token of any account but a pharmacy's is refused.
+    refused = scene.doctor_session.get(fhir_url(PHARMACY, prescription_id))
+    assert_problem(refused, 401, "not_authenticated")
+    assert refused["WWW-Authenticate"] == 'Token realm="api"'
     assert_problem(
-        scene.doctor_session.get(fhir_url(PHARMACY, prescription_id)), 403, "permission_denied"
+        scene.patient_api.get(fhir_url(PHARMACY, prescription_id)), 403, "permission_denied"
     )
 
 

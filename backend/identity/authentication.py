@@ -67,6 +67,9 @@ class ApiTokenAuthentication(BaseAuthentication):
             raise _fail(error) from error
         return user, {"kind": "api_token", "token_id": str(token.pk)}
 
+    def authenticate_header(self, request: Request) -> str:
+        return f'{API_TOKEN_SCHEME} realm="api"'
+
 
 class ConsoleSessionAuthentication(SessionAuthentication):
     """A console session counts only once its second factor (if required) is done."""
