@@ -115,6 +115,8 @@ def test_production_refuses_without_a_named_provider(tmp_path, missing):
             "PRESCRIPTION_MAX_CHRONIC_DAYS must be at most 84",
         ),
         ("PRESCRIPTION_CHILD_AGE", "4", "PRESCRIPTION_CHILD_AGE must be at least 6"),
+        ("DOCTOR_MIN_PRACTICE_YEARS", "1", "DOCTOR_MIN_PRACTICE_YEARS must be at least 3"),
+        ("WS_TICKET_TTL_SECONDS", "3600", "WS_TICKET_TTL_SECONDS must be at most 60"),
     ],
 )
 def test_malformed_values_are_refused_with_a_clear_message(tmp_path, name, value, message):
