@@ -437,6 +437,38 @@ def test_a_profile_without_consent_is_refused():
     _assert_no_profile()
 
 
+def test_a_child_under_14_is_registered_by_a_guardian_not_on_their_own_account():
+    """PIPL 31: only a guardian consents for a child under 14 (DOMAIN rule 14)."""
+    born = timezone.localdate().replace(month=1, day=1) - dt.timedelta(days=365 * 12)
+    prefix = f"110105{born:%Y%m%d}024"  # 17th digit 4: female
+    child = {
+        "id_number": resident_id(prefix),
+        "birth_date": born.isoformat(),
+        "sex": "female",
+        "real_name": "李小花",
+    }
+    own_account = client_for(PatientFactory())
+    refused = own_account.post(PROFILES, profile_body(**child), format="json")
+    assert assert_problem(refused, 422, "guardian_consent_required")["detail"].startswith(
+        "A child under 14 cannot consent for themselves"
+    )
+    _assert_no_profile()
+
+    guardian = client_for(PatientFactory())
+    registered = guardian.post(PROFILES, profile_body(relation="child", **child), format="json")
+    assert registered.status_code == 201, registered.content
+    # Fourteen (just): their own consent counts.
+    today = timezone.localdate()
+    teen = dt.date(today.year - 14, today.month, min(today.day, 28))
+    fourteen = {
+        "id_number": resident_id(f"110105{teen:%Y%m%d}013"),
+        "birth_date": teen.isoformat(),
+        "sex": "male",
+        "real_name": "王小明",
+    }
+    assert own_account.post(PROFILES, profile_body(**fourteen), format="json").status_code == 201
+
+
 def test_the_same_id_number_cannot_be_registered_twice():
     first = client_for(PatientFactory())
     assert first.post(PROFILES, profile_body(), format="json").status_code == 201

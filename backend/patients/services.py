@@ -18,7 +18,17 @@ from backend.patients.validators import resident_id_birth_date, resident_id_sex
 register_problem_codes = (
     ("profile_exists", 409, "A profile with this ID document is already registered"),
     ("consent_required", 422, "Consent to process sensitive personal information is required"),
+    ("guardian_consent_required", 422, "A child under 14 is registered by a guardian"),
 )
+
+#: Under this age all of a person's data is sensitive and only a guardian may consent to
+#: processing it (PIPL 28 and 31): such a child is a dependant of a guardian's account.
+GUARDIAN_CONSENT_AGE = 14
+
+
+def age_on(birth_date: dt.date, day: dt.date) -> int:
+    """Whole years of age on ``day``."""
+    return day.year - birth_date.year - ((day.month, day.day) < (birth_date.month, birth_date.day))
 
 
 def patient_profile_create(
@@ -67,6 +77,15 @@ def patient_profile_create(
             "validation_error",
             "The birth date is in the future.",
             errors={"birth_date": ["Must not be in the future."]},
+        )
+    if (
+        relation == Relation.SELF
+        and age_on(birth_date, timezone.localdate()) < GUARDIAN_CONSENT_AGE
+    ):
+        raise DomainError(
+            "guardian_consent_required",
+            "A child under 14 cannot consent for themselves: a guardian registers them as a "
+            "dependant from the guardian's own account.",
         )
     if patient_profile_find_by_id_number(id_type=id_type, id_number=id_number) is not None:
         raise DomainError("profile_exists")
