@@ -12,7 +12,7 @@ from backend.api.problems import DomainError
 from backend.audit.services import RequestMeta, audit_record
 from backend.identity.models import Role, User
 from backend.patients.models import IdDocumentType, PatientProfile, Relation
-from backend.patients.selectors import patient_profile_find_by_id_number
+from backend.patients.selectors import age_on, patient_profile_find_by_id_number
 from backend.patients.validators import resident_id_birth_date, resident_id_sex
 
 register_problem_codes = (
@@ -24,11 +24,6 @@ register_problem_codes = (
 #: Under this age all of a person's data is sensitive and only a guardian may consent to
 #: processing it (PIPL 28 and 31): such a child is a dependant of a guardian's account.
 GUARDIAN_CONSENT_AGE = 14
-
-
-def age_on(birth_date: dt.date, day: dt.date) -> int:
-    """Whole years of age on ``day``."""
-    return day.year - birth_date.year - ((day.month, day.day) < (birth_date.month, birth_date.day))
 
 
 def patient_profile_create(
