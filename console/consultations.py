@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from backend.api.pagination import CursorPage
 from backend.api.problems import DomainError
 from backend.api.views import ApiView, ListApiView
-from backend.audit.services import RequestMeta
+from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner
 from backend.organisations.services import practitioner_identity_check, practitioner_set_duty
@@ -157,8 +157,13 @@ class ConsoleConsultationDetailApi(ApiView):
         operation_id="console_consultations_retrieve", responses={200: ConsultationOutput}
     )
     def get(self, request: Request, consultation_id: UUID) -> Response:
-        consultation = consultation_visible_to(
-            user=request_account(request), consultation_id=consultation_id
+        account = request_account(request)
+        consultation = consultation_visible_to(user=account, consultation_id=consultation_id)
+        audit_access(
+            actor=account,
+            object_type="consultation",
+            object_id=consultation.pk,
+            meta=RequestMeta.from_request(request),
         )
         return Response(consultation_state(consultation))
 
@@ -204,10 +209,16 @@ class PatientSummaryApi(ApiView):
         operation_id="console_consultations_patient", responses={200: PatientSummaryOutput}
     )
     def get(self, request: Request, consultation_id: UUID) -> Response:
-        consultation = consultation_visible_to(
-            user=request_account(request), consultation_id=consultation_id
-        )
+        account = request_account(request)
+        consultation = consultation_visible_to(user=account, consultation_id=consultation_id)
         profile = consultation.profile
+        audit_access(
+            actor=account,
+            object_type="patient_profile",
+            object_id=profile.pk,
+            after={"consultation": str(consultation.pk)},
+            meta=RequestMeta.from_request(request),
+        )
         return Response(
             PatientSummaryOutput(
                 {

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from backend.api.pagination import CursorPage
 from backend.api.problems import DomainError
 from backend.api.views import ApiView, ListApiView
-from backend.audit.services import RequestMeta
+from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner, PractitionerKind
 from console.permissions import IsPractitioner
@@ -174,7 +174,14 @@ class PrescriptionDetailApi(ApiView):
         responses={200: ConsolePrescriptionOutput},
     )
     def get(self, request: Request, prescription_id: UUID) -> Response:
-        return Response(_detail(request, prescription_id))
+        body = _detail(request, prescription_id)
+        audit_access(
+            actor=request_account(request),
+            object_type="prescription",
+            object_id=prescription_id,
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(body)
 
     @extend_schema(
         operation_id="console_prescriptions_update",

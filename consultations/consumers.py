@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import connection
 
 from backend.api.problems import DomainError
+from backend.audit.services import READ_AUDITED_ROLES, RequestMeta, audit_access
 from backend.notifications.services import presence_enter, presence_heartbeat, presence_leave
 from backend.ws_auth import CLOSE_FORBIDDEN, CLOSE_NOT_AUTHENTICATED, CLOSE_NOT_FOUND
 from backend.ws_base import JsonConsumer
@@ -133,6 +134,15 @@ class ConsultationConsumer(JsonConsumer):
         )
         self.heartbeat_at = time.monotonic()
         backlog = await _backlog(self.consultation_id, after_seq)
+        if user.role in READ_AUDITED_ROLES:  # the chat as read by staff (DOMAIN rule 12)
+            await database_sync_to_async(audit_access)(
+                actor=user,
+                object_type="consultation",
+                object_id=self.consultation_id,
+                what="messages_viewed",
+                after={"after_seq": after_seq, "messages": len(backlog), "via": "websocket"},
+                meta=RequestMeta.from_scope(self.scope),
+            )
         self.delivered_seq = backlog[-1]["seq"] if backlog else after_seq
         await self.send_json({"type": "sync", "consultation": state, "messages": backlog})
 

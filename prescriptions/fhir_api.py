@@ -16,10 +16,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backend.api.views import ApiView
+from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import request_account
 from backend.identity.models import Role
 from prescriptions.fhir import prescription_fhir_bundle
-from prescriptions.pharmacy_api import READ_ERRORS, PharmacyApiView
+from prescriptions.pharmacy_api import READ_ERRORS, PharmacyApiView, pharmacy_read
 from prescriptions.selectors import prescription_visible_to
 from prescriptions.services import prescription_for_pharmacy
 
@@ -84,8 +85,14 @@ class ConsoleFhirApi(ApiView):
 
     @_schema("console_prescriptions_fhir", "its doctor and the hospital's pharmacists")
     def get(self, request: Request, prescription_id: UUID) -> Response:
-        prescription = prescription_visible_to(
-            user=request_account(request), prescription_id=prescription_id
+        account = request_account(request)
+        prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
+        audit_access(
+            actor=account,
+            object_type="prescription",
+            object_id=prescription.pk,
+            after={"part": "fhir"},
+            meta=RequestMeta.from_request(request),
         )
         return Response(prescription_fhir_bundle(prescription=prescription))
 
@@ -98,6 +105,7 @@ class PharmacyFhirApi(PharmacyApiView):
         prescription = prescription_for_pharmacy(
             user=request_account(request), prescription_id=prescription_id
         )
+        pharmacy_read(request, prescription, "fhir")
         return Response(prescription_fhir_bundle(prescription=prescription))
 
 

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from backend.api.schema import problem_responses
 from backend.api.views import ApiView
-from backend.audit.services import RequestMeta
+from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import ApiTokenAuthentication, request_account
 from backend.identity.models import Role
 from prescriptions import problems as _registered  # noqa: F401  (the codes documented below)
@@ -99,6 +99,17 @@ DISPENSE_ERRORS = problem_responses(
 CLAIM_ACTION_ERRORS = problem_responses(*_AUTH, *_STAFF, *_MUTATION, *_ON_CLAIM)
 
 
+def pharmacy_read(request: Request, prescription: Prescription, part: str) -> None:
+    """A pharmacy's read of the prescription it holds, recorded (DOMAIN rule 12)."""
+    audit_access(
+        actor=request_account(request),
+        object_type="prescription",
+        object_id=prescription.pk,
+        after={"pharmacy": str(prescription.claimed_by_id), "part": part},
+        meta=RequestMeta.from_request(request),
+    )
+
+
 def _for_pharmacy(
     request: Request, prescription_id: UUID | str, *, acted_on: Prescription | None = None
 ) -> dict[str, Any]:
@@ -163,8 +174,10 @@ class PharmacyPrescriptionApi(PharmacyApiView):
         responses={200: PrescriptionOutput, **READ_ERRORS},
     )
     def get(self, request: Request, prescription_id: UUID) -> Response:
-        prescription_for_pharmacy(user=request_account(request), prescription_id=prescription_id)
-        return Response(_for_pharmacy(request, prescription_id))
+        account = request_account(request)
+        prescription = prescription_for_pharmacy(user=account, prescription_id=prescription_id)
+        pharmacy_read(request, prescription, "detail")
+        return Response(_for_pharmacy(request, prescription_id, acted_on=prescription))
 
 
 class PharmacyBundleApi(PharmacyApiView):
@@ -175,6 +188,7 @@ class PharmacyBundleApi(PharmacyApiView):
         prescription = prescription_for_pharmacy(
             user=request_account(request), prescription_id=prescription_id
         )
+        pharmacy_read(request, prescription, "bundle")
         return Response(prescription_bundle_of(prescription=prescription))
 
 

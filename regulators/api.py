@@ -20,6 +20,7 @@ from backend.api.params import query_uuid
 from backend.api.problems import DomainError
 from backend.api.tickets import WsTicketOutput, ws_ticket_response
 from backend.api.views import ApiView, ListApiView
+from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import request_account
 from backend.identity.models import Role
 from regulators.models import Alert, AlertKind, OutboxRecord
@@ -106,7 +107,21 @@ class RecordsApi(ListApiView):
         responses={200: RecordOutput(many=True)},
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return super().get(request, *args, **kwargs)
+        response = super().get(request, *args, **kwargs)
+        # The records carry patients' names and ID numbers: which ones an official read is
+        # recorded (DOMAIN rule 12), one event per page.
+        audit_access(
+            actor=request_account(request),
+            object_type="regulator_record",
+            object_id="",
+            what="listed",
+            after={
+                "records": [str(item["record_id"]) for item in response.data["results"]],
+                "filters": {k: request.query_params.get(k) for k in sorted(request.query_params)},
+            },
+            meta=RequestMeta.from_request(request),
+        )
+        return response
 
 
 class AlertOutput(serializers.ModelSerializer):  # type: ignore[type-arg]

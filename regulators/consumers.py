@@ -12,6 +12,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from backend.audit.services import RequestMeta, audit_access
 from backend.identity.models import Role
 from backend.ws_auth import CLOSE_FORBIDDEN, CLOSE_NOT_AUTHENTICATED
 from backend.ws_base import JsonConsumer
@@ -64,9 +65,19 @@ class RegulatorFeedConsumer(JsonConsumer):
                 return
 
     def _page(self, after: int) -> list[dict[str, Any]]:
-        return [
+        items = [
             feed_item(r) for r in feed_after(province=self.province, after=after, limit=FEED_PAGE)
         ]
+        if items:  # the records an official read from the database (DOMAIN rule 12)
+            audit_access(
+                actor=self.scope["user"],
+                object_type="regulator_record",
+                object_id="",
+                what="listed",
+                after={"records": [str(i["record_id"]) for i in items], "via": "websocket"},
+                meta=RequestMeta.from_scope(self.scope),
+            )
+        return items
 
     async def _send_record(self, item: dict[str, Any]) -> None:
         seq = item["seq"]

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.utils import timezone
 
+from backend.asgi import application
+from backend.audit.models import AuditEvent
 from backend.identity.models import WsTicket
 from backend.identity.services import ws_ticket_issue
 from consultations.models import Consultation, Message, ReadMarker
@@ -36,7 +39,7 @@ from tests.chat_helpers import (
     text_frame,
     ticket,
 )
-from tests.consult_helpers import client_for, patient_with_record, ready_doctor
+from tests.consult_helpers import HEADERS, client_for, patient_with_record, ready_doctor
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -176,6 +179,43 @@ async def test_sync_holds_every_message_after_after_seq_in_order(
     assert [m["text"] for m in sync["messages"]] == [f"第{n}条" for n in expected]
     assert sync["consultation"]["last_seq"] == 5
     await hang_up(reader)
+
+
+async def test_the_doctor_reading_the_chat_on_a_socket_is_recorded_the_patient_is_not() -> None:
+    """DOMAIN rule 12: a staff account's read of the chat, as the ``sync`` backlog, is
+    an audit event with what was read and from where; the patient's own is not."""
+    chat = await chat_create()
+    writer, _ = await open_chat(chat, "patient")
+    for n in range(1, 4):
+        await send_and_echo(writer, f"第{n}条")
+    await hang_up(writer)
+    reads = database_sync_to_async(
+        lambda: [
+            (e.actor_id, e.after, e.ip, e.user_agent)
+            for e in AuditEvent.objects.filter(
+                action="consultation.messages_viewed", object_id=chat.id
+            ).order_by("seq")
+        ]
+    )
+    assert await reads() == []
+
+    path = socket_path(chat, await ticket(chat, "doctor"), after_seq="1")
+    reader = WebsocketCommunicator(
+        application, path, headers=[*HEADERS, (b"user-agent", b"ConsoleBrowser/1.0")]
+    )
+    reader.scope["client"] = ("10.1.2.3", 50123)  # as Daphne fills it in
+    assert (await reader.connect(timeout=5))[0] is True
+    sync = await reader.receive_json_from(timeout=5)
+    assert len(sync["messages"]) == 2
+    await hang_up(reader)
+    assert await reads() == [
+        (
+            str(chat.doctor.user.pk),
+            {"after_seq": 1, "messages": 2, "via": "websocket"},
+            "10.1.2.3",
+            "ConsoleBrowser/1.0",
+        )
+    ]
 
 
 # --- Sending --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from backend.asgi import application
+from backend.audit.models import AuditEvent
 from backend.identity.models import Role, User
 from backend.identity.services import ws_ticket_issue
 from backend.organisations.models import Department, Province, RegulatorOfficial
@@ -258,6 +259,19 @@ async def test_reconnecting_with_after_gives_exactly_the_records_after_it(
             assert await socket.receive_nothing(timeout=0.2)
         finally:
             await close_socket(socket)
+
+    # What each catch-up read from the database is recorded for the official (DOMAIN
+    # rule 12); the two reconnects with nothing after them read nothing.
+    reads = await sync_to_async(
+        lambda: [
+            e.after
+            for e in AuditEvent.objects.filter(action="regulator_record.listed").order_by("seq")
+        ]
+    )()
+    assert reads == [
+        {"records": expected[3:], "via": "websocket"},
+        {"records": expected[n - 1 :], "via": "websocket"},
+    ]
 
 
 async def test_a_record_acknowledged_while_connected_arrives_live_once(

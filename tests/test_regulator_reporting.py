@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from backend.audit.models import AuditEvent
 from backend.identity.models import Role
 from backend.identity.services import api_token_create
 from backend.organisations.models import RegulatorOfficial
@@ -422,6 +423,15 @@ def test_regulators_see_their_own_province_only(province_peer, department):
         "consultation.ended",
     ]
     assert other.get("/api/regulator/v1/records").json()["results"] == []
+    # Which records (patients' names and ID numbers) an official read is recorded.
+    read = AuditEvent.objects.filter(action="regulator_record.listed").order_by("seq")
+    assert [e.after for e in read] == [
+        {
+            "records": [r["record_id"] for r in records["results"]],
+            "filters": {"record_type": "consultation"},
+        },
+        {"records": [], "filters": {}},
+    ]
     assert other.get("/api/regulator/v1/alerts").json()["results"] == []
     assert other.get("/api/regulator/v1/indicators").json()["results"] == []
     patient = scene.patient_api.get("/api/regulator/v1/records")

@@ -36,6 +36,14 @@ class RequestMeta:
             ip=meta.get("REMOTE_ADDR") or None, user_agent=meta.get("HTTP_USER_AGENT", "")[:300]
         )
 
+    @classmethod
+    def from_scope(cls, scope: dict[str, Any]) -> RequestMeta:
+        """A WebSocket's (Channels scope): the client's address and user agent."""
+        client = scope.get("client") or (None,)
+        headers = dict(scope.get("headers") or [])
+        agent = headers.get(b"user-agent", b"").decode("latin-1")[:300]
+        return cls(ip=client[0] or None, user_agent=agent)
+
 
 def _jsonable(value: Any) -> Any:
     """Round-trip through Django's encoder so UUIDs, dates and Decimals hash stably."""
@@ -152,6 +160,38 @@ def audit_record(
     entry = AuditEntry(action, actor, object_type, object_id, before, after, meta)
     appended = audit_records([entry])
     return appended[0] if appended else None
+
+
+#: Accounts whose reads of a patient's medical data are recorded (DOMAIN rule 12: every
+#: access): hospital and pharmacy staff, officials, administrators. A patient (or the
+#: guardian) reading their own records is the data subject, and is not recorded.
+READ_AUDITED_ROLES = frozenset(
+    {"doctor", "pharmacist", "pharmacy_staff", "regulator", "administrator"}
+)
+
+
+def audit_access(
+    *,
+    actor: Any,
+    object_type: str,
+    object_id: Any,
+    what: str = "viewed",
+    after: dict[str, Any] | None = None,
+    meta: RequestMeta | None = None,
+) -> AuditEvent | None:
+    """Record that ``actor`` read medical data of this object (action
+    ``<object_type>.<what>``), when the actor is staff (``READ_AUDITED_ROLES``). Called by
+    the edge once the read was allowed, in its own short transaction."""
+    if getattr(actor, "role", None) not in READ_AUDITED_ROLES:
+        return None
+    return audit_record(
+        action=f"{object_type}.{what}",
+        actor=actor,
+        object_type=object_type,
+        object_id=object_id,
+        after=after,
+        meta=meta,
+    )
 
 
 def audit_records(
