@@ -16,7 +16,7 @@ import uuid
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from backend.crypto.fields import EncryptedTextField
+from backend.crypto.fields import EncryptedJSONField, EncryptedTextField
 from backend.organisations.models import Hospital, Province
 
 
@@ -64,7 +64,8 @@ class OutboxRecord(models.Model):
     aggregate_id = models.CharField(max_length=64)
     occurred_at = models.DateTimeField()
     created_at = models.DateTimeField(db_index=True)
-    payload = models.JSONField()
+    #: Encrypted at rest: it names patients and practitioners by ID number (DOMAIN rule 14).
+    payload = EncryptedJSONField()
     payload_signature = models.JSONField()
     status = models.CharField(
         max_length=20, choices=RecordStatus.choices, default=RecordStatus.PENDING
