@@ -289,9 +289,15 @@ async def test_a_frame_over_64_kib_is_refused_frame_too_large() -> None:
     assert await socket.receive_json_from() == {"type": "pong"}  # exactly at the limit
     await socket.send_to(text_data=ping_of(limit + 1))
     assert (await expect(socket, "error"))["code"] == "frame_too_large"
-    # Counted in bytes, not characters: 30,000 CJK characters are 90,000 bytes.
-    await socket.send_json_to(text_frame("字" * 30_000))
-    assert (await expect(socket, "error"))["code"] == "frame_too_large"
+    # Counted in bytes, not characters: 30,000 CJK characters are 90,000 bytes. The error
+    # names the refused message (read from the frame's start, not parsed: CONTRACT 3).
+    too_large = text_frame("字" * 30_000)
+    await socket.send_json_to(too_large)
+    refused = await expect(socket, "error")
+    assert (refused["code"], refused["client_msg_id"]) == (
+        "frame_too_large",
+        too_large["client_msg_id"],
+    )
     await still_open(socket)
     assert await stored(chat.id) == []
     await hang_up(socket)
@@ -342,8 +348,9 @@ async def test_a_burst_over_the_rate_limit_drops_frames_visibly_and_loses_no_ack
     for frame in frames:
         await socket.send_json_to(frame)
     acks: dict[str, int] = {}
-    limited = news = 0
-    while len(acks) + limited < burst or news < len(acks):
+    dropped: list[str] = []
+    news = 0
+    while len(acks) + len(dropped) < burst or news < len(acks):
         frame = await socket.receive_json_from(timeout=5)
         if frame["type"] == "message.ack":
             acks[frame["client_msg_id"]] = frame["seq"]
@@ -352,9 +359,11 @@ async def test_a_burst_over_the_rate_limit_drops_frames_visibly_and_loses_no_ack
         else:
             assert frame["type"] == "error", frame
             assert frame["code"] == "rate_limited", frame
-            limited += 1
+            dropped.append(frame["client_msg_id"])
 
-    assert limited > 0
+    assert dropped
+    # Each dropped message is named, so the client knows which to send again.
+    assert sorted([*acks, *dropped]) == sorted(f["client_msg_id"] for f in frames)
     assert len(acks) >= settings.CHAT_MAX_FRAMES_PER_SECOND
     rows = await stored(chat.id)
     assert [seq for seq, *_ in rows] == list(range(1, len(acks) + 1))
