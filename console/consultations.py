@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from backend.api.pagination import CursorPage
 from backend.api.problems import DomainError
-from backend.api.views import ApiView, ListApiView
+from backend.api.views import ApiView, AuditedListApiView, ListApiView
 from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner
@@ -128,11 +128,13 @@ class OldestFirst(CursorPage):
     ordering = ("requested_at", "id")
 
 
-class QueueApi(ListApiView):
+class QueueApi(AuditedListApiView):
     """The doctor's queue (waiting in their department or asked of them) and their own
-    consultations, oldest first; ``?status=`` narrows it."""
+    consultations, oldest first; ``?status=`` narrows it. Its rows carry complaints and
+    diagnoses: each page read is recorded."""
 
     permission_classes = [IsPractitioner]
+    audit_object_type = "consultation"
     serializer_class = ConsultationStateSerializer
     pagination_class = OldestFirst
 

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from backend.api.pagination import CursorPage
 from backend.api.problems import DomainError
-from backend.api.views import ApiView, ListApiView
+from backend.api.views import ApiView, AuditedListApiView, ListApiView
 from backend.audit.services import RequestMeta, audit_access
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner, PractitionerKind
@@ -110,8 +110,9 @@ _LINE_EXAMPLE = {
 }
 
 
-class PrescriptionsApi(ListApiView):
+class PrescriptionsApi(AuditedListApiView):
     permission_classes = [IsPractitioner]
+    audit_object_type = "prescription"
     serializer_class = PrescriptionStateSerializer
     pagination_class = Newest
 
@@ -228,13 +229,14 @@ class SignApi(ApiView):
         return Response(_detail(request, prescription_id, acted_on=signed))
 
 
-class ReviewsApi(ListApiView):
+class ReviewsApi(AuditedListApiView):
     """The pharmacist's review queue: prescriptions of their hospital waiting for
     review, oldest first."""
 
     permission_classes = [IsPractitioner]
     serializer_class = PrescriptionStateSerializer
     pagination_class = OldestFirst
+    audit_object_type = "prescription"
 
     def get_queryset(self) -> QuerySet[Prescription]:
         practitioner = _practitioner(self.request)
@@ -337,8 +339,14 @@ class BundleApi(ApiView):
 
     @extend_schema(operation_id="console_prescriptions_bundle", responses={200: BundleOutput})
     def get(self, request: Request, prescription_id: UUID) -> Response:
-        prescription = prescription_visible_to(
-            user=request_account(request), prescription_id=prescription_id
+        account = request_account(request)
+        prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
+        audit_access(
+            actor=account,
+            object_type="prescription",
+            object_id=prescription.pk,
+            after={"part": "bundle"},
+            meta=RequestMeta.from_request(request),
         )
         return Response(prescription_bundle_of(prescription=prescription))
 

@@ -19,8 +19,7 @@ from backend.api.pagination import CursorPage
 from backend.api.params import query_uuid
 from backend.api.problems import DomainError
 from backend.api.tickets import WsTicketOutput, ws_ticket_response
-from backend.api.views import ApiView, ListApiView
-from backend.audit.services import RequestMeta, audit_access
+from backend.api.views import ApiView, AuditedListApiView, ListApiView
 from backend.identity.authentication import request_account
 from backend.identity.models import Role
 from regulators.models import Alert, AlertKind, OutboxRecord
@@ -84,8 +83,13 @@ class RecordSerializer(serializers.BaseSerializer):  # type: ignore[type-arg]
         return feed_item(instance)
 
 
-class RecordsApi(ListApiView):
+class RecordsApi(AuditedListApiView):
+    """The records carry patients' names and ID numbers: each page an official reads is
+    recorded."""
+
     permission_classes = [IsRegulator]
+    audit_object_type = "regulator_record"
+    audit_id_key = "record_id"
     serializer_class = RecordSerializer
     pagination_class = ByFeedSeq
 
@@ -107,21 +111,7 @@ class RecordsApi(ListApiView):
         responses={200: RecordOutput(many=True)},
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        response = super().get(request, *args, **kwargs)
-        # The records carry patients' names and ID numbers: which ones an official read is
-        # recorded (DOMAIN rule 12), one event per page.
-        audit_access(
-            actor=request_account(request),
-            object_type="regulator_record",
-            object_id="",
-            what="listed",
-            after={
-                "records": [str(item["record_id"]) for item in response.data["results"]],
-                "filters": {k: request.query_params.get(k) for k in sorted(request.query_params)},
-            },
-            meta=RequestMeta.from_request(request),
-        )
-        return response
+        return super().get(request, *args, **kwargs)
 
 
 class AlertOutput(serializers.ModelSerializer):  # type: ignore[type-arg]

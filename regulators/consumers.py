@@ -74,7 +74,7 @@ class RegulatorFeedConsumer(JsonConsumer):
                 object_type="regulator_record",
                 object_id="",
                 what="listed",
-                after={"records": [str(i["record_id"]) for i in items], "via": "websocket"},
+                after={"ids": [str(i["record_id"]) for i in items], "via": "websocket"},
                 meta=RequestMeta.from_scope(self.scope),
             )
         return items

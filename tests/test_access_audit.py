@@ -117,6 +117,7 @@ def test_every_staff_read_of_a_prescription_is_recorded(department: Any) -> None
     assert scene.doctor_session.get(console).status_code == 200
     assert scene.pharmacist_session.get(console).status_code == 200
     assert scene.pharmacist_session.get(f"{console}/fhir").status_code == 200
+    assert scene.doctor_session.get(f"{console}/bundle").status_code == 200
 
     _, _ = scene.claimed(prescription_id)
     pharmacy = f"{PHARMACY}/prescriptions/{prescription_id}"
@@ -129,8 +130,42 @@ def test_every_staff_read_of_a_prescription_is_recorded(department: Any) -> None
         ("prescription.viewed", doctor, None),
         ("prescription.viewed", pharmacist, None),
         ("prescription.viewed", pharmacist, {"part": "fhir"}),
+        ("prescription.viewed", doctor, {"part": "bundle"}),
         ("prescription.viewed", staff, {"pharmacy": held_by, "part": "detail"}),
         ("prescription.viewed", staff, {"pharmacy": held_by, "part": "bundle"}),
         ("prescription.viewed", staff, {"pharmacy": held_by, "part": "fhir"}),
     ]
     assert audit_chain_verify().ok
+
+
+def test_each_page_of_a_staff_list_with_medical_data_is_recorded(department: Any) -> None:
+    """The queue's rows carry complaints and diagnoses, the prescription lists patients and
+    drugs: each page read names its objects and filters; an empty page too."""
+    scene = RxScene(department)
+    signed = scene.signed()
+    doctor, pharmacist = str(scene.doctor.user.pk), str(scene.pharmacist.user.pk)
+
+    assert scene.doctor_session.get(f"{CONSOLE}/consultations").status_code == 200
+    mine = scene.doctor_session.get(f"{CONSOLE}/prescriptions?status=under_review")
+    queue = scene.pharmacist_session.get(f"{CONSOLE}/reviews")
+    assert [p["id"] for p in mine.json()["results"]] == [signed]
+    assert [p["id"] for p in queue.json()["results"]] == [signed]
+    assert scene.doctor_session.get(f"{CONSOLE}/prescriptions?status=expired").status_code == 200
+
+    listed = [
+        (e.action, e.actor_id, e.after)
+        for e in AuditEvent.objects.filter(action__endswith=".listed").order_by("seq")
+    ]
+    assert listed == [
+        (
+            "consultation.listed",
+            doctor,
+            {"ids": [scene.consultation_id], "filters": {}},
+        ),
+        ("prescription.listed", doctor, {"ids": [signed], "filters": {"status": "under_review"}}),
+        ("prescription.listed", pharmacist, {"ids": [signed], "filters": {}}),
+        ("prescription.listed", doctor, {"ids": [], "filters": {"status": "expired"}}),
+    ]
+    # The patient's own list is theirs: not recorded.
+    assert scene.patient_api.get(f"{MOBILE}/prescriptions").status_code == 200
+    assert AuditEvent.objects.filter(action__endswith=".listed").count() == len(listed)

@@ -269,8 +269,8 @@ async def test_reconnecting_with_after_gives_exactly_the_records_after_it(
         ]
     )()
     assert reads == [
-        {"records": expected[3:], "via": "websocket"},
-        {"records": expected[n - 1 :], "via": "websocket"},
+        {"ids": expected[3:], "via": "websocket"},
+        {"ids": expected[n - 1 :], "via": "websocket"},
     ]
 
 

@@ -427,10 +427,10 @@ def test_regulators_see_their_own_province_only(province_peer, department):
     read = AuditEvent.objects.filter(action="regulator_record.listed").order_by("seq")
     assert [e.after for e in read] == [
         {
-            "records": [r["record_id"] for r in records["results"]],
+            "ids": [r["record_id"] for r in records["results"]],
             "filters": {"record_type": "consultation"},
         },
-        {"records": [], "filters": {}},
+        {"ids": [], "filters": {}},
     ]
     assert other.get("/api/regulator/v1/alerts").json()["results"] == []
     assert other.get("/api/regulator/v1/indicators").json()["results"] == []

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backend.api.idempotency import Replay, idempotency_begin, replay_response, run_idempotently
+from backend.audit.services import RequestMeta, audit_access
 
 
 class IdempotentDispatchMixin:
@@ -61,3 +62,31 @@ class ListApiView(IdempotentDispatchMixin, generics.ListAPIView):  # type: ignor
 
 class RetrieveApiView(IdempotentDispatchMixin, generics.RetrieveAPIView):  # type: ignore[type-arg]
     pass
+
+
+class AuditedListApiView(ListApiView):
+    """A list whose rows carry medical data (a queue with complaints and diagnoses, the
+    regulator's records): each page a staff account reads is recorded, one audit event
+    ``<audit_object_type>.listed`` naming the page's objects and the filters (DOMAIN rule
+    12; ``backend.audit.services.audit_access``)."""
+
+    audit_object_type = ""
+    #: The key of a row's id in the serialized page.
+    audit_id_key = "id"
+
+    def list(self, request: Any, *args: Any, **kwargs: Any) -> Response:
+        response = super().list(request, *args, **kwargs)
+        data: Any = response.data
+        rows = data["results"] if isinstance(data, dict) else data
+        audit_access(
+            actor=request.user,
+            object_type=self.audit_object_type,
+            object_id="",
+            what="listed",
+            after={
+                "ids": [str(row[self.audit_id_key]) for row in rows],
+                "filters": {k: request.query_params.get(k) for k in sorted(request.query_params)},
+            },
+            meta=RequestMeta.from_request(request),
+        )
+        return response
