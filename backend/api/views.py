@@ -64,12 +64,12 @@ class RetrieveApiView(IdempotentDispatchMixin, generics.RetrieveAPIView):  # typ
     pass
 
 
+# A list whose rows carry medical data (a queue with complaints and diagnoses, the
+# regulator's records): each page a staff account reads is recorded, one audit event
+# ``<audit_object_type>.listed`` naming the page's objects and the filters (DOMAIN rule 12;
+# ``backend.audit.services.audit_access``). A comment, not a docstring: drf-spectacular
+# would give a docstring to every operation of the views that inherit it.
 class AuditedListApiView(ListApiView):
-    """A list whose rows carry medical data (a queue with complaints and diagnoses, the
-    regulator's records): each page a staff account reads is recorded, one audit event
-    ``<audit_object_type>.listed`` naming the page's objects and the filters (DOMAIN rule
-    12; ``backend.audit.services.audit_access``)."""
-
     audit_object_type = ""
     #: The key of a row's id in the serialized page.
     audit_id_key = "id"
