@@ -15,8 +15,8 @@ from rest_framework.response import Response
 
 from backend.api.pagination import CursorPage
 from backend.api.problems import DomainError
-from backend.api.views import ApiView, AuditedListApiView, ListApiView
-from backend.audit.services import RequestMeta, audit_access
+from backend.api.views import ApiView, AuditedListApiView, ListApiView, read_recorded
+from backend.audit.services import RequestMeta
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner
 from backend.organisations.services import practitioner_identity_check, practitioner_set_duty
@@ -161,12 +161,7 @@ class ConsoleConsultationDetailApi(ApiView):
     def get(self, request: Request, consultation_id: UUID) -> Response:
         account = request_account(request)
         consultation = consultation_visible_to(user=account, consultation_id=consultation_id)
-        audit_access(
-            actor=account,
-            object_type="consultation",
-            object_id=consultation.pk,
-            meta=RequestMeta.from_request(request),
-        )
+        read_recorded(request, "consultation", consultation.pk)
         return Response(consultation_state(consultation))
 
 
@@ -214,13 +209,7 @@ class PatientSummaryApi(ApiView):
         account = request_account(request)
         consultation = consultation_visible_to(user=account, consultation_id=consultation_id)
         profile = consultation.profile
-        audit_access(
-            actor=account,
-            object_type="patient_profile",
-            object_id=profile.pk,
-            after={"consultation": str(consultation.pk)},
-            meta=RequestMeta.from_request(request),
-        )
+        read_recorded(request, "patient_profile", profile.pk, consultation=str(consultation.pk))
         return Response(
             PatientSummaryOutput(
                 {

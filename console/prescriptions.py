@@ -14,8 +14,8 @@ from rest_framework.response import Response
 
 from backend.api.pagination import CursorPage
 from backend.api.problems import DomainError
-from backend.api.views import ApiView, AuditedListApiView, ListApiView
-from backend.audit.services import RequestMeta, audit_access
+from backend.api.views import ApiView, AuditedListApiView, ListApiView, read_recorded
+from backend.audit.services import RequestMeta
 from backend.identity.authentication import request_account
 from backend.organisations.models import Practitioner, PractitionerKind
 from console.permissions import IsPractitioner
@@ -176,12 +176,7 @@ class PrescriptionDetailApi(ApiView):
     )
     def get(self, request: Request, prescription_id: UUID) -> Response:
         body = _detail(request, prescription_id)
-        audit_access(
-            actor=request_account(request),
-            object_type="prescription",
-            object_id=prescription_id,
-            meta=RequestMeta.from_request(request),
-        )
+        read_recorded(request, "prescription", prescription_id)
         return Response(body)
 
     @extend_schema(
@@ -341,13 +336,7 @@ class BundleApi(ApiView):
     def get(self, request: Request, prescription_id: UUID) -> Response:
         account = request_account(request)
         prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
-        audit_access(
-            actor=account,
-            object_type="prescription",
-            object_id=prescription.pk,
-            after={"part": "bundle"},
-            meta=RequestMeta.from_request(request),
-        )
+        read_recorded(request, "prescription", prescription.pk, part="bundle")
         return Response(prescription_bundle_of(prescription=prescription))
 
 

@@ -15,8 +15,8 @@ from rest_framework.response import Response
 
 from backend.api.problems import DomainError
 from backend.api.tickets import WsTicketOutput, ws_ticket_response
-from backend.api.views import ApiView
-from backend.audit.services import RequestMeta, audit_access
+from backend.api.views import ApiView, read_recorded
+from backend.audit.services import RequestMeta
 from backend.identity.authentication import request_account
 from consultations import messaging
 from consultations.models import Attachment
@@ -61,13 +61,13 @@ class ConsultationMessagesApi(ApiView):
                 errors={"after_seq": ["Must be an integer."]},
             ) from exc
         batch = messages_after(consultation=consultation, after_seq=after_seq, limit=limit)
-        audit_access(
-            actor=request_account(request),
-            object_type="consultation",
-            object_id=consultation.pk,
+        read_recorded(
+            request,
+            "consultation",
+            consultation.pk,
             what="messages_viewed",
-            after={"after_seq": after_seq, "messages": len(batch)},
-            meta=RequestMeta.from_request(request),
+            after_seq=after_seq,
+            messages=len(batch),
         )
         results = [messaging.message_payload(m) for m in batch]
         following = None
@@ -114,13 +114,12 @@ class AttachmentDownloadApi(ApiView):
         attachment = Attachment.objects.filter(pk=attachment_id, consultation=consultation).first()
         if attachment is None:
             raise DomainError("not_found", "No such attachment.")
-        audit_access(
-            actor=request_account(request),
-            object_type="consultation",
-            object_id=consultation.pk,
+        read_recorded(
+            request,
+            "consultation",
+            consultation.pk,
             what="attachment_downloaded",
-            after={"attachment": str(attachment.pk)},
-            meta=RequestMeta.from_request(request),
+            attachment=str(attachment.pk),
         )
         return FileResponse(
             attachment.file.open("rb"),

@@ -15,8 +15,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from backend.api.views import ApiView
-from backend.audit.services import RequestMeta, audit_access
+from backend.api.views import ApiView, read_recorded
 from backend.identity.authentication import request_account
 from backend.identity.models import Role
 from prescriptions.fhir import prescription_fhir_bundle
@@ -87,13 +86,7 @@ class ConsoleFhirApi(ApiView):
     def get(self, request: Request, prescription_id: UUID) -> Response:
         account = request_account(request)
         prescription = prescription_visible_to(user=account, prescription_id=prescription_id)
-        audit_access(
-            actor=account,
-            object_type="prescription",
-            object_id=prescription.pk,
-            after={"part": "fhir"},
-            meta=RequestMeta.from_request(request),
-        )
+        read_recorded(request, "prescription", prescription.pk, part="fhir")
         return Response(prescription_fhir_bundle(prescription=prescription))
 
 

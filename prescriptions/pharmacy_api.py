@@ -14,8 +14,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from backend.api.schema import problem_responses
-from backend.api.views import ApiView
-from backend.audit.services import RequestMeta, audit_access
+from backend.api.views import ApiView, read_recorded
+from backend.audit.services import RequestMeta
 from backend.identity.authentication import ApiTokenAuthentication, request_account
 from backend.identity.models import Role
 from prescriptions import problems as _registered  # noqa: F401  (the codes documented below)
@@ -101,12 +101,12 @@ CLAIM_ACTION_ERRORS = problem_responses(*_AUTH, *_STAFF, *_MUTATION, *_ON_CLAIM)
 
 def pharmacy_read(request: Request, prescription: Prescription, part: str) -> None:
     """A pharmacy's read of the prescription it holds, recorded (DOMAIN rule 12)."""
-    audit_access(
-        actor=request_account(request),
-        object_type="prescription",
-        object_id=prescription.pk,
-        after={"pharmacy": str(prescription.claimed_by_id), "part": part},
-        meta=RequestMeta.from_request(request),
+    read_recorded(
+        request,
+        "prescription",
+        prescription.pk,
+        pharmacy=str(prescription.claimed_by_id),
+        part=part,
     )
 
 

@@ -64,6 +64,22 @@ class RetrieveApiView(IdempotentDispatchMixin, generics.RetrieveAPIView):  # typ
     pass
 
 
+def read_recorded(
+    request: Any, object_type: str, object_id: Any, *, what: str = "viewed", **after: Any
+) -> None:
+    """The edge's record of a read it allowed (``backend.audit.services.audit_access``:
+    staff only), with the account, address and browser of ``request``; ``after`` says
+    what was read."""
+    audit_access(
+        actor=request.user,
+        object_type=object_type,
+        object_id=object_id,
+        what=what,
+        after=after or None,
+        meta=RequestMeta.from_request(request),
+    )
+
+
 # A list whose rows carry medical data (a queue with complaints and diagnoses, the
 # regulator's records): each page a staff account reads is recorded, one audit event
 # ``<audit_object_type>.listed`` naming the page's objects and the filters (DOMAIN rule 12;
@@ -78,15 +94,12 @@ class AuditedListApiView(ListApiView):
         response = super().list(request, *args, **kwargs)
         data: Any = response.data
         rows = data["results"] if isinstance(data, dict) else data
-        audit_access(
-            actor=request.user,
-            object_type=self.audit_object_type,
-            object_id="",
+        read_recorded(
+            request,
+            self.audit_object_type,
+            "",
             what="listed",
-            after={
-                "ids": [str(row[self.audit_id_key]) for row in rows],
-                "filters": {k: request.query_params.get(k) for k in sorted(request.query_params)},
-            },
-            meta=RequestMeta.from_request(request),
+            ids=[str(row[self.audit_id_key]) for row in rows],
+            filters={k: request.query_params.get(k) for k in sorted(request.query_params)},
         )
         return response
