@@ -1367,7 +1367,9 @@ def _release(
     elif prescription.valid_until is None or prescription.valid_until <= timezone.now():
         # Given back after its validity ended: unclaimed past its validity, so expired
         # now rather than active until the periodic job comes.
-        _transition(prescription, "expire", actor=None, reason="validity ended unclaimed")
+        _transition(
+            prescription, "expire", actor=None, reason="validity ended unclaimed", meta=meta
+        )
 
 
 def claims_release_idle(*, now: dt.datetime | None = None, limit: int = 500) -> int:
