@@ -113,8 +113,9 @@ def pharmacy_read(request: Request, prescription: Prescription, part: str) -> No
 def _for_pharmacy(
     request: Request, prescription_id: UUID | str, *, acted_on: Prescription | None = None
 ) -> dict[str, Any]:
-    """The pharmacy's view. ``acted_on``: the instance a service (claim, dispense) just
-    changed for this pharmacy under its row lock, so the answer does not read it again."""
+    """The pharmacy's view. ``acted_on``: the instance a service just changed (claim,
+    dispense) or read (the detail's access check) for this pharmacy, so the answer does
+    not read it again."""
     prescription = acted_on or prescription_for_pharmacy(
         user=request_account(request), prescription_id=prescription_id, touch=False
     )

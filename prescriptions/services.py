@@ -1271,7 +1271,8 @@ def _claimed(
 def prescription_for_pharmacy(
     *, user: User, prescription_id: UUID | str, touch: bool = True
 ) -> Prescription:
-    """Read access for the claiming pharmacy only (and it keeps the claim alive)."""
+    """Read access for the claiming pharmacy only; with ``touch`` the read keeps the
+    claim alive, while the prescription is valid (``_keeps_claim``)."""
     staff = staff_of(user)
     prescription = (
         Prescription.objects.select_related("profile", "doctor__user", "hospital")
